@@ -1,0 +1,1 @@
+"""Downcity: an AI infrastructure runtime on Ray."""

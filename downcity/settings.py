@@ -1,0 +1,58 @@
+"""Every environment knob Downcity reads, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(".downcity")
+DEFAULT_TOKEN_TTL_S = 7 * 24 * 3600
+MAX_TOKEN_TTL_S = 30 * 24 * 3600
+DEFAULT_IMAGE_MAX_PENDING_MS = 2 * 3600 * 1000
+DEFAULT_HOLD_EXPIRY_S = 15 * 60
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+RAY_NAMESPACE = "downcity"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings; `Settings.from_env()` reads the `DOWNCITY_*` variables."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    master_key: str | None = None
+    admin_key: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S
+    image_max_pending_duration_ms: int = DEFAULT_IMAGE_MAX_PENDING_MS
+    ledger_shards: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured URL, else the embedded SQLite file under the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'downcity.db').resolve()}"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Build settings from `DOWNCITY_*` environment variables."""
+        return cls(
+            data_dir=Path(os.environ.get("DOWNCITY_DATA_DIR", str(DEFAULT_DATA_DIR))),
+            database_url=os.environ.get("DOWNCITY_DATABASE_URL") or None,
+            master_key=os.environ.get("DOWNCITY_MASTER_KEY") or None,
+            admin_key=os.environ.get("DOWNCITY_ADMIN_KEY") or None,
+            max_body_bytes=_env_int("DOWNCITY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+            hold_expiry_s=_env_int("DOWNCITY_HOLD_EXPIRY_S", DEFAULT_HOLD_EXPIRY_S),
+            image_max_pending_duration_ms=_env_int(
+                "DOWNCITY_IMAGE_MAX_PENDING_MS", DEFAULT_IMAGE_MAX_PENDING_MS
+            ),
+            ledger_shards=_env_int("DOWNCITY_LEDGER_SHARDS", 1),
+        )

@@ -1,0 +1,173 @@
+"""The SQLAlchemy Core schema. Times are integer epoch milliseconds; money is integer microcredits."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+cities = Table(
+    "cities",
+    metadata,
+    Column("city_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("private_key_enc", LargeBinary, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("retired_at_ms", BigInteger, nullable=True),
+)
+
+env = Table(
+    "env",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value_enc", LargeBinary, nullable=False),
+    Column("preview", String(32), nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("jti", String(64), nullable=True, unique=True),
+    Column("city_id", String(64), nullable=True),
+    Column("user_id", String(200), nullable=True),
+    Column("revoked_at_ms", BigInteger, nullable=False),
+    Index("ix_revoked_tokens_user", "user_id", "city_id"),
+)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("user_id", String(200), primary_key=True),
+    Column("credits_microcredits", BigInteger, nullable=False, default=0),
+    Column("held_microcredits", BigInteger, nullable=False, default=0),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("amount_microcredits", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("resolved_at_ms", BigInteger, nullable=True),
+    Index("ix_holds_status_created", "status", "created_at_ms"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("user_id", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount_microcredits", BigInteger, nullable=False),
+    Column("balance_after_microcredits", BigInteger, nullable=False),
+    Column("ref", String(200), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("metadata", JSONType, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Index("ix_ledger_entries_user_created", "user_id", "created_at_ms"),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("idempotency_key", String(200), nullable=True),
+    Column("city_id", String(64), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("pathway", String(32), nullable=False),
+    Column("model_id", String(128), nullable=True),
+    Column("provider_id", String(128), nullable=True),
+    Column("fallback_from", String(128), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Column("error_type", String(64), nullable=True),
+    Column("input_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("duration_ms", Integer, nullable=False, default=0),
+    Column("ttfb_ms", Integer, nullable=True),
+    Column("charge_microcredits", BigInteger, nullable=False, default=0),
+    Column("ledger_entry_key", String(200), nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Index("ix_usage_city_user_created", "city_id", "user_id", "created_at_ms"),
+    Index("ix_usage_created", "created_at_ms"),
+)
+
+idempotent_responses = Table(
+    "idempotent_responses",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("body", JSONType, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+async_jobs = Table(
+    "async_jobs",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("idempotency_key", String(200), nullable=True, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("input", JSONType, nullable=False),
+    Column("state", JSONType, nullable=True),
+    Column("result", JSONType, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("poll_after_ms", Integer, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_poll_at_ms", BigInteger, nullable=True),
+    Column("lease_until_ms", BigInteger, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("city_id", String(64), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("model_id", String(128), nullable=False),
+    Column("provider_id", String(128), nullable=False),
+    Column("charge_microcredits", BigInteger, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("finished_at_ms", BigInteger, nullable=True),
+    Index("ix_async_jobs_status_next_poll", "status", "next_poll_at_ms"),
+    Index("ix_async_jobs_owner", "city_id", "user_id", "created_at_ms"),
+)

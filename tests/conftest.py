@@ -1,0 +1,135 @@
+"""Shared fixtures: a fresh database per test on both SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from downcity.store import Database
+
+PG_ADMIN_URL = os.environ.get("DOWNCITY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _pg_url(name: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _pg_execute(sql: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
+class DatabaseFactory:
+    """Clones a migrated template so each test starts from an empty, migrated database."""
+
+    def __init__(self, tmp_root: Path) -> None:
+        self.tmp_root = tmp_root
+        self.run_id = uuid.uuid4().hex[:10]
+        self.sqlite_template: Path | None = None
+        self.pg_template: str | None = None
+        self.pg_error: str | None = None
+        self.pg_databases: list[str] = []
+
+    async def sqlite_url(self) -> str:
+        if self.sqlite_template is None:
+            template = self.tmp_root / "template.db"
+            db = Database(f"sqlite+aiosqlite:///{template}")
+            await db.migrate()
+            await db.dispose()
+            self.sqlite_template = template
+        target = self.tmp_root / f"db-{uuid.uuid4().hex[:12]}.db"
+        shutil.copyfile(self.sqlite_template, target)
+        return f"sqlite+aiosqlite:///{target}"
+
+    async def pg_url(self) -> str:
+        if self.pg_template is None:
+            name = f"downcity_tpl_{self.run_id}"
+            try:
+                await _pg_execute(f'CREATE DATABASE "{name}"')
+            except Exception as exc:
+                if os.environ.get("CI") == "true":
+                    raise
+                pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
+            self.pg_databases.append(name)
+            db = Database(_pg_url(name))
+            await db.migrate()
+            await db.dispose()
+            self.pg_template = name
+        name = f"downcity_t_{self.run_id}_{uuid.uuid4().hex[:8]}"
+        await _pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.pg_template}"')
+        self.pg_databases.append(name)
+        return _pg_url(name)
+
+    async def url(self, backend: str) -> str:
+        return await (self.sqlite_url() if backend == "sqlite" else self.pg_url())
+
+    async def drop_all(self) -> None:
+        for name in reversed(self.pg_databases):
+            await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+async def database_factory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DatabaseFactory]:
+    factory = DatabaseFactory(tmp_path_factory.mktemp("databases"))
+    yield factory
+    await factory.drop_all()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def database_url(database_factory: DatabaseFactory, backend: str) -> str:
+    return await database_factory.url(backend)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.startswith("DOWNCITY_") and name != "DOWNCITY_TEST_PG_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("DOWNCITY_DATA_DIR", str(tmp_path / "data"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[float]:
+    """One local Ray cluster for the whole session; yields its start time in seconds."""
+    import time
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+
+    started = time.perf_counter()
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="downcity",
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
+        log_to_driver=False,
+    )
+    yield time.perf_counter() - started
+    ray.shutdown()
