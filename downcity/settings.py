@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATA_DIR = Path(".downcity")
 DEFAULT_TOKEN_TTL_S = 7 * 24 * 3600
@@ -40,6 +41,15 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'downcity.db').resolve()}"
+
+    @classmethod
+    def with_env_secrets(cls, values: dict[str, Any]) -> Settings:
+        """Settings from plain deployment args, with the master and admin keys from this process's env."""
+        data = dict(values)
+        data["data_dir"] = Path(data.get("data_dir", DEFAULT_DATA_DIR))
+        data["master_key"] = os.environ.get("DOWNCITY_MASTER_KEY") or None
+        data["admin_key"] = os.environ.get("DOWNCITY_ADMIN_KEY") or None
+        return cls(**data)
 
     @classmethod
     def from_env(cls) -> Settings:

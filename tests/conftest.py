@@ -12,7 +12,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from downcity.serving import apply_throughput_mode
 from downcity.store import Database
+
+# Serve reads its mode at import time in every Ray process: set it before anything imports Ray.
+apply_throughput_mode(port_base=10_000 + (os.getpid() % 30) * 700)
 
 PG_ADMIN_URL = os.environ.get("DOWNCITY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")
@@ -114,22 +118,34 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     yield
 
 
+TEST_MASTER_KEY = "ZG93bmNpdHktdGVzdC1tYXN0ZXIta2V5LTMyYnl0ZXM="
+TEST_ADMIN_KEY = "dc_admin_test_key_for_the_suite"
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[float]:
-    """One local Ray cluster for the whole session; yields its start time in seconds."""
+def demo_upstream() -> Iterator[str]:
+    """The demo OpenAI-compatible upstream, once per session; yields its base URL (…/v1)."""
+    from downcity.demo import DemoUpstream
+
+    with DemoUpstream() as upstream:
+        yield upstream.url
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(demo_upstream: str) -> Iterator[float]:
+    """One local Ray cluster (HAProxy throughput mode) for the session; yields its start time in seconds.
+
+    Everything Ray workers must see is put in the environment before `ray.init`, since workers inherit it.
+    """
     import time
 
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["DOWNCITY_MASTER_KEY"] = TEST_MASTER_KEY
+    os.environ["DOWNCITY_ADMIN_KEY"] = TEST_ADMIN_KEY
+    os.environ["EXAMPLE_UPSTREAM_URL"] = demo_upstream
+    os.environ["DOWNCITY_DEMO_UPSTREAM_URL"] = demo_upstream
     import ray
 
     started = time.perf_counter()
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        namespace="downcity",
-        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}},
-        log_to_driver=False,
-    )
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="downcity", log_to_driver=False)
     yield time.perf_counter() - started
     ray.shutdown()

@@ -1,0 +1,17 @@
+"""Authentication: the admin credential, the signing key ring, user tokens and their revocation."""
+
+from downcity.auth.admin import AdminCredential
+from downcity.auth.keyring import KeyRing
+from downcity.auth.revocation import RevocationCache, RevocationStore
+from downcity.auth.tokens import IssuedToken, TokenIssuer, TokenVerifier, UserClaims
+
+__all__ = [
+    "AdminCredential",
+    "IssuedToken",
+    "KeyRing",
+    "RevocationCache",
+    "RevocationStore",
+    "TokenIssuer",
+    "TokenVerifier",
+    "UserClaims",
+]

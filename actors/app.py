@@ -1,0 +1,68 @@
+"""The Serve application builder named by `serve_config.yaml` (`import_path: actors.app:build`)."""
+
+import asyncio
+import concurrent.futures
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+from ray.serve.deployment import Deployment
+
+from actors.ingress import Ingress
+from actors.providers import ProviderDeployment
+from downcity.runtime import bootstrap, load_federation
+from downcity.settings import Settings
+
+logger = logging.getLogger("downcity.app")
+
+
+class AppArgs(BaseModel):
+    """The `args:` block of the application in `serve_config.yaml`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    federation: str = Field(description="import path of the operator's Federation, 'pkg.module:attr'")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default embedded SQLite"
+    )
+    data_dir: str = Field(default=".downcity", description="embedded data dir (SQLite file, master key)")
+    ledger_shards: int = Field(default=1, ge=1, le=64)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+    def settings(self) -> dict[str, Any]:
+        """Plain settings for deployments; secrets stay in each process's environment, never in args."""
+        return {
+            "data_dir": str(Path(self.data_dir).resolve()),
+            "database_url": self.database_url or Settings.from_env().database_url,
+            "ledger_shards": self.ledger_shards,
+            "max_body_bytes": self.max_body_bytes,
+        }
+
+
+def _bootstrap(settings: Settings) -> None:
+    # build() may run inside an event loop (serve's controller), so migrate on a thread of our own.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        admin_key = pool.submit(asyncio.run, bootstrap(settings)).result()
+    if admin_key is not None:
+        path = settings.data_dir / "admin.key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(admin_key + "\n")
+        path.chmod(0o600)
+        logger.warning("generated an admin key; it is in %s (0600): read it once, then delete the file", path)
+
+
+def build(args: AppArgs) -> Application:
+    """Compose the ingress and one `provider-<id>` deployment per provider of the federation."""
+    federation = load_federation(args.federation)
+    settings = args.settings()
+    _bootstrap(Settings.with_env_secrets(settings))
+    providers = {
+        provider_id: cast(Deployment, ProviderDeployment)
+        .options(name=f"provider-{provider_id}")
+        .bind(args.federation, provider_id, settings)
+        for provider_id in federation.providers
+    }
+    ingress = cast(Deployment, Ingress).options(name="ingress")
+    return ingress.bind(args.federation, settings, providers)

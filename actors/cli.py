@@ -1,0 +1,18 @@
+"""The `downcity` script: the library's commands plus those that start and inspect the Ray runtime."""
+
+from __future__ import annotations
+
+import os
+
+from downcity.cli import app
+from downcity.serving import DEFAULT_PORT_BASE, apply_throughput_mode
+
+
+def main() -> None:
+    """Entry point of the `downcity` script."""
+    # Serve reads its mode at import time, so the environment is set before Ray is imported.
+    apply_throughput_mode(int(os.environ.get("DOWNCITY_SERVE_PORT_BASE", DEFAULT_PORT_BASE)))
+    from actors.up import up
+
+    app.command(help="Start local Ray, deploy the Federation and serve it on 127.0.0.1.")(up)
+    app()

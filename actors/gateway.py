@@ -1,0 +1,98 @@
+"""The provider gateway over Serve `DeploymentHandle`s, one per provider deployment."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar, cast
+
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from downcity.errors import DowncityHTTPError
+from downcity.runner import ActionRequest, OpenAIOutcome, TextOutcome
+from downcity.types import ImageJobResult
+
+T = TypeVar("T")
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The DowncityHTTPError a replica raised, instead of Ray's wrapper around it."""
+    if isinstance(error, RayTaskError) and isinstance(error.cause, DowncityHTTPError):
+        cause = error.cause
+        return DowncityHTTPError(cause.status, cause.type, cause.message, cause.field)
+    if isinstance(error, DowncityHTTPError):
+        return DowncityHTTPError(error.status, error.type, error.message, error.field)
+    return DowncityHTTPError(
+        502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}"
+    )
+
+
+async def _call(response: Awaitable[T]) -> T:
+    try:
+        return await response
+    except Exception as error:
+        raise unwrap(error) from None
+
+
+class RayGateway:
+    """Calls provider deployments through their handles; streams coalesced chunk batches."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle[Any]]) -> None:
+        self.handles = handles
+        self.streaming = {pid: handle.options(stream=True) for pid, handle in handles.items()}
+
+    def _handle(self, provider_id: str) -> DeploymentHandle[Any]:
+        try:
+            return self.handles[provider_id]
+        except KeyError:
+            raise DowncityHTTPError(
+                503, "provider_unavailable", f"no deployment for provider {provider_id!r}"
+            ) from None
+
+    async def text(self, provider_id: str, req: ActionRequest) -> TextOutcome:
+        """Run the provider's text action on its deployment."""
+        return await _call(self._handle(provider_id).text.remote(req))
+
+    async def stream(self, provider_id: str, req: ActionRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """Stream batches from the provider's deployment; closing this cancels the upstream call."""
+        self._handle(provider_id)
+        generator = cast(DeploymentResponseGenerator[Any], self.streaming[provider_id].stream.remote(req))
+        try:
+            async for batch in generator:
+                yield batch
+        except Exception as error:
+            raise unwrap(error) from None
+        finally:
+            generator.cancel()  # type: ignore[no-untyped-call]
+
+    async def openai(self, provider_id: str, req: ActionRequest) -> OpenAIOutcome:
+        """Non-streaming chat/completions on the provider's deployment."""
+        return await _call(self._handle(provider_id).openai.remote(req))
+
+    async def openai_stream(
+        self, provider_id: str, req: ActionRequest
+    ) -> AsyncIterator[bytes | dict[str, Any]]:
+        """Streaming chat/completions: raw upstream SSE bytes, then one usage dict."""
+        self._handle(provider_id)
+        generator = cast(
+            DeploymentResponseGenerator[Any], self.streaming[provider_id].openai_stream.remote(req)
+        )
+        try:
+            async for item in generator:
+                yield item
+        except Exception as error:
+            raise unwrap(error) from None
+        finally:
+            generator.cancel()  # type: ignore[no-untyped-call]
+
+    async def image_create(self, provider_id: str, req: ActionRequest) -> ImageJobResult:
+        """Create an upstream image job."""
+        return await _call(self._handle(provider_id).image_create.remote(req))
+
+    async def image_fetch(self, provider_id: str, req: ActionRequest) -> ImageJobResult:
+        """Poll an upstream image job."""
+        return await _call(self._handle(provider_id).image_fetch.remote(req))
+
+    async def video(self, provider_id: str, req: ActionRequest) -> dict[str, Any]:
+        """Run the provider's video action."""
+        return await _call(self._handle(provider_id).video.remote(req))

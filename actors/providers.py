@@ -1,0 +1,70 @@
+"""One Serve deployment per provider: its own pooled HTTP client, keys read through the env cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from downcity.env import EnvCache, EnvStore
+from downcity.runner import ActionRequest, OpenAIOutcome, ProviderRunner, TextOutcome
+from downcity.runtime import load_federation
+from downcity.secrets import MasterKey
+from downcity.settings import Settings
+from downcity.store import Database
+from downcity.types import ImageJobResult
+
+# Streams hold a slot for their whole life, so Ray's default of 5 would cap a provider at 5 streams.
+PROVIDER_MAX_ONGOING_REQUESTS = 256
+
+
+@serve.deployment(max_ongoing_requests=PROVIDER_MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
+class ProviderDeployment:
+    """Runs one provider's actions for the ingress."""
+
+    # Serve awaits async constructors; mypy only knows sync ones.
+    async def __init__(self, federation: str, provider_id: str, settings: dict[str, Any]) -> None:  # type: ignore[misc]
+        loaded = load_federation(federation)
+        provider = loaded.providers[provider_id]
+        models = {model_id: m for model_id, m in loaded.models.items() if m.provider.id == provider_id}
+        resolved = Settings.with_env_secrets(settings)
+        self._db = Database(resolved.resolved_database_url, pool_size=2)
+        self._env = EnvCache(EnvStore(self._db, MasterKey.load(resolved)))
+        await self._env.refresh()
+        await self._env.start()
+        self._runner = ProviderRunner(provider, models, self._env)
+
+    async def text(self, req: ActionRequest) -> TextOutcome:
+        """The provider's text action."""
+        return await self._runner.text(req)
+
+    async def stream(self, req: ActionRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """The provider's stream action, as coalesced chunk batches."""
+        async for batch in self._runner.stream(req):
+            yield batch
+
+    async def openai(self, req: ActionRequest) -> OpenAIOutcome:
+        """Non-streaming chat/completions."""
+        return await self._runner.openai(req)
+
+    async def openai_stream(self, req: ActionRequest) -> AsyncIterator[bytes | dict[str, Any]]:
+        """Streaming chat/completions bytes, then one usage dict."""
+        async for item in self._runner.openai_stream(req):
+            yield item
+
+    async def image_create(self, req: ActionRequest) -> ImageJobResult:
+        """Create an upstream image job."""
+        return await self._runner.image_create(req)
+
+    async def image_fetch(self, req: ActionRequest) -> ImageJobResult:
+        """Poll an upstream image job."""
+        return await self._runner.image_fetch(req)
+
+    async def video(self, req: ActionRequest) -> dict[str, Any]:
+        """The provider's video action."""
+        return await self._runner.video(req)
+
+    async def check_health(self) -> None:
+        """Serve health check: the env cache must still be refreshing."""
+        await self._env.refresh()

@@ -1,0 +1,37 @@
+"""Dependencies declared once: the runtime, the calling user, the admin."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from downcity.http.principal import Caller, authenticate_admin, authenticate_user
+from downcity.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The runtime the app was built with."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_caller(
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_city_id: Annotated[str | None, Header()] = None,
+) -> Caller:
+    """The verified user behind a user-token request."""
+    return authenticate_user(runtime, authorization, x_city_id)
+
+
+def require_admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Refuse anything but the admin credential."""
+    authenticate_admin(runtime, authorization)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[None, Depends(require_admin)]

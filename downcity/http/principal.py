@@ -1,0 +1,72 @@
+"""Who is calling: a verified user (token + active city) or the admin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from downcity.auth import UserClaims
+from downcity.cities import City
+from downcity.context import CityInfo, UserInfo
+from downcity.errors import DowncityHTTPError, forbidden, unauthorized
+from downcity.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated product user calling on behalf of one city."""
+
+    claims: UserClaims
+    city: City
+
+    @property
+    def user_id(self) -> str:
+        """The caller's user id within its city."""
+        return self.claims.user_id
+
+    @property
+    def city_id(self) -> str:
+        """The city the token was issued for."""
+        return self.claims.city_id
+
+    def user_info(self) -> UserInfo:
+        """The `ctx.user` hooks and actions see."""
+        return UserInfo(user_id=self.claims.user_id, metadata=dict(self.claims.metadata))
+
+    def city_info(self) -> CityInfo:
+        """The `ctx.city` hooks and actions see."""
+        return CityInfo(city_id=self.city.city_id, name=self.city.name, status=self.city.status)
+
+
+def bearer(authorization: str | None) -> str:
+    """The credential in an `Authorization: Bearer …` header, or 401."""
+    if not authorization:
+        raise unauthorized("missing Authorization header")
+    scheme, _, credential = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise unauthorized("Authorization header must be 'Bearer <token>'")
+    return credential.strip()
+
+
+def authenticate_user(runtime: Runtime, authorization: str | None, city_header: str | None) -> Caller:
+    """Verify a user token locally, then check its city is known, active and matches `X-City-Id`."""
+    claims = runtime.security.verifier.verify(bearer(authorization))
+    if city_header is not None and city_header != claims.city_id:
+        raise DowncityHTTPError(403, "city_mismatch", "X-City-Id does not match the token's city")
+    city = runtime.city_cache.get(claims.city_id)
+    if city is None:
+        raise DowncityHTTPError(403, "city_not_found", f"city {claims.city_id!r} does not exist")
+    if city.status != "active":
+        raise DowncityHTTPError(403, "city_paused", f"city {claims.city_id!r} is paused")
+    return Caller(claims=claims, city=city)
+
+
+def authenticate_admin(runtime: Runtime, authorization: str | None) -> None:
+    """Accept only the admin credential: a valid user token gets 403, anything else 401."""
+    credential = bearer(authorization)
+    if runtime.security.admin.verify(credential):
+        return
+    try:
+        runtime.security.verifier.verify(credential)
+    except DowncityHTTPError:
+        raise unauthorized("invalid admin credential") from None
+    raise forbidden("admin credential required")

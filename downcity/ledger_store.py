@@ -1,0 +1,153 @@
+"""The Ledger's SQL: load what one batch needs and write its outcome, one statement per table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from downcity.ledger_bulk import (
+    insert_entries,
+    insert_ignoring_duplicates,
+    insert_many,
+    select_in,
+    update_holds,
+    upsert_balances,
+)
+from downcity.ledger_ops import Account, BatchState, EntryRow, HoldRow, Op
+from downcity.store.database import Database
+from downcity.store.schema import balances, holds, ledger_entries, usage_records
+
+# asyncpg prepares every statement; a generic plan cached while the tables were small would then
+# scan them in full for every key lookup as they grow. Custom plans cost little at batch granularity.
+_CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
+def _hold_row(row: Any) -> HoldRow:
+    return HoldRow(
+        row.idempotency_key,
+        row.user_id,
+        row.amount_microcredits,
+        row.status,
+        row.created_at_ms,
+        row.resolved_at_ms,
+    )
+
+
+def entry_row(row: Any) -> EntryRow:
+    """An `EntryRow` from a selected `ledger_entries` row."""
+    return EntryRow(
+        row.idempotency_key,
+        row.user_id,
+        row.kind,
+        row.amount_microcredits,
+        row.balance_after_microcredits,
+        row.ref,
+        row.note,
+        row.metadata,
+        row.created_at_ms,
+        id=row.id,
+    )
+
+
+async def _load_expired(
+    conn: AsyncConnection, state: BatchState, cutoff_ms: int, owns: Callable[[str], bool]
+) -> None:
+    query = select(holds).where(holds.c.status == "held", holds.c.created_at_ms < cutoff_ms)
+    for row in await conn.execute(query):
+        if not owns(row.user_id):
+            continue
+        state.holds.setdefault(row.idempotency_key, _hold_row(row))
+        state.expired.append(row.idempotency_key)
+
+
+async def _load_accounts(
+    db: Database, conn: AsyncConnection, state: BatchState, users: Iterable[str]
+) -> None:
+    missing = [user for user in set(users) if user not in state.accounts]
+    for row in await select_in(db, conn, balances.c.user_id, missing):
+        state.accounts[row.user_id] = Account(
+            row.user_id, row.credits_microcredits, row.held_microcredits, persisted=True
+        )
+
+
+async def load_batch(
+    db: Database,
+    conn: AsyncConnection,
+    state: BatchState,
+    ops: list[Op],
+    expiry_ms: int,
+    owns: Callable[[str], bool],
+) -> None:
+    """Load the holds and entries of the batch's keys, expired holds for sweeps, and uncached accounts."""
+    if db.dialect == "postgresql":
+        await conn.execute(_CUSTOM_PLANS)
+    keys = list({op.key for op in ops if op.key})
+    for row in await select_in(db, conn, holds.c.idempotency_key, keys):
+        state.holds[row.idempotency_key] = _hold_row(row)
+    for row in await select_in(db, conn, ledger_entries.c.idempotency_key, keys):
+        state.entries[row.idempotency_key] = entry_row(row)
+    sweeps = [op.now_ms for op in ops if op.kind == "sweep"]
+    if sweeps:
+        await _load_expired(conn, state, max(sweeps) - expiry_ms, owns)
+    users = {op.user_id for op in ops if op.user_id is not None}
+    users.update(hold.user_id for hold in state.holds.values() if owns(hold.user_id))
+    await _load_accounts(db, conn, state, users)
+
+
+def _hold_dict(hold: HoldRow) -> dict[str, Any]:
+    return {
+        "idempotency_key": hold.key,
+        "user_id": hold.user_id,
+        "amount_microcredits": hold.amount,
+        "status": hold.status,
+        "created_at_ms": hold.created_at_ms,
+        "resolved_at_ms": hold.resolved_at_ms,
+    }
+
+
+def _entry_dict(entry: EntryRow) -> dict[str, Any]:
+    return {
+        "idempotency_key": entry.key,
+        "user_id": entry.user_id,
+        "kind": entry.kind,
+        "amount_microcredits": entry.amount,
+        "balance_after_microcredits": entry.balance_after,
+        "ref": entry.ref,
+        "note": entry.note,
+        "metadata": entry.metadata,
+        "created_at_ms": entry.created_at_ms,
+    }
+
+
+async def write_batch(db: Database, conn: AsyncConnection, state: BatchState) -> None:
+    """Write every change of the batch: one statement per table and kind of change."""
+    accounts = [
+        {
+            "user_id": account.user_id,
+            "credits_microcredits": account.balance,
+            "held_microcredits": account.held,
+            "updated_at_ms": state.now_ms,
+        }
+        for account in state.touched.values()
+    ]
+    await upsert_balances(db, conn, accounts)
+    await insert_many(db, conn, holds, [_hold_dict(hold) for hold in state.holds.values() if hold.is_new])
+    changed = [
+        (hold.key, hold.status, hold.resolved_at_ms)
+        for hold in state.holds.values()
+        if hold.dirty and not hold.is_new
+    ]
+    await update_holds(db, conn, changed)
+    ids = await insert_entries(db, conn, [_entry_dict(entry) for entry in state.new_entries])
+    for entry in state.new_entries:
+        entry.id = ids[entry.key]
+    await insert_ignoring_duplicates(db, conn, usage_records, list(state.usage_rows.values()))
+
+
+def mark_persisted(state: BatchState) -> None:
+    """After commit: every written account now has its database row."""
+    for account in state.touched.values():
+        account.persisted = True

@@ -1,0 +1,148 @@
+"""The per-process runtime an ingress replica (or an in-process test app) serves from."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from downcity.auth import (
+    AdminCredential,
+    KeyRing,
+    RevocationCache,
+    RevocationStore,
+    TokenIssuer,
+    TokenVerifier,
+)
+from downcity.cities import CityCache, CityStore
+from downcity.env import EnvCache, EnvStore
+from downcity.federation import Federation
+from downcity.ports import LedgerPort, ProviderGateway
+from downcity.secrets import MasterKey
+from downcity.settings import Settings
+from downcity.store import Database
+
+logger = logging.getLogger("downcity.runtime")
+
+
+def load_federation(path: str) -> Federation:
+    """Import `module:attribute` and return the Federation it names."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"federation path {path!r} must look like 'package.module:federation'")
+    value = getattr(importlib.import_module(module_name), attribute)
+    if callable(value) and not isinstance(value, Federation):
+        value = value()
+    if not isinstance(value, Federation):
+        raise TypeError(f"{path!r} is a {type(value).__name__}, not a Federation")
+    return value
+
+
+@dataclass
+class Security:
+    """Everything that authenticates callers, loaded once per process and refreshed by polling."""
+
+    admin: AdminCredential
+    keyring: KeyRing
+    revocations: RevocationStore
+    revocation_cache: RevocationCache
+    verifier: TokenVerifier
+    issuer: TokenIssuer
+
+
+@dataclass
+class Runtime:
+    """Federation, storage, caches, the provider gateway and the ledger for one process."""
+
+    federation: Federation
+    settings: Settings
+    db: Database
+    master_key: MasterKey
+    env_store: EnvStore
+    env: EnvCache
+    cities: CityStore
+    city_cache: CityCache
+    security: Security
+    gateway: ProviderGateway
+    ledger: LedgerPort
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @classmethod
+    async def open(
+        cls,
+        federation: Federation,
+        settings: Settings,
+        *,
+        gateway: ProviderGateway,
+        ledger: LedgerPort,
+        db: Database | None = None,
+        env: EnvCache | None = None,
+    ) -> Runtime:
+        """Connect storage and load every cache; the database must already be migrated."""
+        database = db or Database(settings.resolved_database_url)
+        master_key = MasterKey.load(settings)
+        env_store = EnvStore(database, master_key)
+        cities = CityStore(database)
+        keyring = KeyRing(database, master_key)
+        revocations = RevocationStore(database)
+        revocation_cache = RevocationCache(revocations)
+        security = Security(
+            admin=await AdminCredential.load(database),
+            keyring=keyring,
+            revocations=revocations,
+            revocation_cache=revocation_cache,
+            verifier=TokenVerifier(keyring, revocation_cache),
+            issuer=TokenIssuer(keyring, cities),
+        )
+        runtime = cls(
+            federation=federation,
+            settings=settings,
+            db=database,
+            master_key=master_key,
+            env_store=env_store,
+            env=env or EnvCache(env_store),
+            cities=cities,
+            city_cache=CityCache(cities),
+            security=security,
+            gateway=gateway,
+            ledger=ledger,
+        )
+        await runtime.refresh()
+        return runtime
+
+    async def refresh(self) -> None:
+        """Reload every cache whose version changed."""
+        await self.env.refresh()
+        await self.city_cache.refresh()
+        await self.security.keyring.refresh()
+        await self.security.revocation_cache.refresh()
+
+    async def start(self) -> None:
+        """Start the background refreshers (pause, key rotation and revocation reach us within ~1 s)."""
+        await self.env.start()
+        await self.city_cache.start()
+        await self.security.keyring.start()
+        await self.security.revocation_cache.start()
+
+    async def stop(self) -> None:
+        """Stop the refreshers and close the database pool."""
+        await self.env.stop()
+        await self.city_cache.stop()
+        await self.security.keyring.stop()
+        await self.security.revocation_cache.stop()
+        for close in reversed(self.on_stop):
+            await close()
+        await self.db.dispose()
+
+
+async def bootstrap(settings: Settings, db: Database | None = None) -> str | None:
+    """Migrate, create the first signing key and the admin credential; returns a new admin key once."""
+    database = db or Database(settings.resolved_database_url)
+    try:
+        await database.migrate()
+        await KeyRing(database, MasterKey.load(settings)).ensure_active()
+        return await AdminCredential.ensure(database, settings)
+    finally:
+        if db is None:
+            await database.dispose()

@@ -1,0 +1,101 @@
+"""The master key that encrypts provider keys and signing keys at rest (AES-256-GCM)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from downcity.settings import Settings
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+MASTER_KEY_ENV = "DOWNCITY_MASTER_KEY"
+MASTER_KEY_FILE = "master.key"
+
+
+class DecryptionError(ValueError):
+    """A ciphertext that does not authenticate under this key and associated data."""
+
+
+def _decode_key(encoded: str) -> bytes:
+    padded = encoded.strip() + "=" * (-len(encoded.strip()) % 4)
+    try:
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != KEY_BYTES:
+        raise ValueError("not the urlsafe-base64 encoding of 32 bytes")
+    return raw
+
+
+def _encode_key(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _create_key_file(path: Path) -> None:
+    # Write a private temp file, then hard-link it into place: concurrent starters
+    # never see a half-written key, and exactly one of them wins.
+    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (_encode_key(os.urandom(KEY_BYTES)) + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
+class MasterKey:
+    """AES-256-GCM with a random 12-byte nonce prepended to every ciphertext."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"a master key is {KEY_BYTES} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        """A fresh random key."""
+        return cls(os.urandom(KEY_BYTES))
+
+    @classmethod
+    def load(cls, settings: Settings) -> MasterKey:
+        """The key from `DOWNCITY_MASTER_KEY`, else from `<data_dir>/master.key` (created once, 0600)."""
+        if settings.master_key:
+            try:
+                return cls(_decode_key(settings.master_key))
+            except ValueError as exc:
+                raise ValueError(f"{MASTER_KEY_ENV} is malformed: {exc}") from None
+        path = settings.data_dir / MASTER_KEY_FILE
+        if not path.exists():
+            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_key_file(path)
+        try:
+            return cls(_decode_key(path.read_text(encoding="ascii")))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"master key file {path} is malformed: {exc}") from None
+
+    def encrypt(self, plaintext: bytes, *, aad: bytes) -> bytes:
+        """Encrypt and authenticate `plaintext`, bound to `aad`."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, blob: bytes, *, aad: bytes) -> bytes:
+        """Decrypt a blob from `encrypt`; raises `DecryptionError` on a wrong key, aad or tampering."""
+        if len(blob) < NONCE_BYTES:
+            raise DecryptionError("ciphertext is too short")
+        try:
+            return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise DecryptionError("ciphertext does not authenticate under this key and aad") from None

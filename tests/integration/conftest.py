@@ -1,0 +1,90 @@
+"""The example Federation deployed once per session on the local Ray cluster, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from downcity.serving import free_port
+from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
+
+APP_NAME = "downcity"
+
+
+@dataclass
+class ServedApp:
+    """A deployed Federation: its URL, database and an admin HTTP client."""
+
+    url: str
+    database_url: str
+    admin: httpx.AsyncClient
+
+    async def new_user(
+        self, *, city_id: str | None = None, credit: int = 0, metadata: dict[str, object] | None = None
+    ) -> tuple[str, str, str]:
+        """A fresh city (unless given) and user with `credit` microcredits; returns (city_id, user_id, token)."""
+        if city_id is None:
+            city_id = f"c{uuid.uuid4().hex[:10]}"
+            created = await self.admin.post(
+                "/v1/cities/create", json={"name": "Test city", "city_id": city_id}
+            )
+            assert created.status_code == 200, created.text
+        user_id = f"u{uuid.uuid4().hex[:10]}"
+        if credit:
+            credited = await self.admin.post(
+                "/v1/balance/credit",
+                json={
+                    "user_id": user_id,
+                    "amount_microcredits": credit,
+                    "idempotency_key": f"seed-{user_id}",
+                },
+            )
+            assert credited.status_code == 200, credited.text
+        issued = await self.admin.post(
+            "/v1/tokens/apply", json={"city_id": city_id, "user_id": user_id, "metadata": metadata or {}}
+        )
+        assert issued.status_code == 200, issued.text
+        return city_id, user_id, str(issued.json()["user_token"])
+
+
+def deploy(federation: str, database_url: str, data_dir: str, port: int) -> None:
+    """Deploy `federation` with `actors.app:build` and wait until it serves."""
+    from ray import serve
+
+    from actors.app import AppArgs, build
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(federation=federation, database_url=database_url, data_dir=data_dir)
+    serve.run(build(args), name=APP_NAME, route_prefix="/", timeout_s=60)
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster: float) -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+async def served(
+    ray_cluster: float,
+    serve_port: int,
+    database_factory: DatabaseFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[ServedApp]:
+    database_url = await database_factory.url("postgresql")
+    data_dir = str(tmp_path_factory.mktemp("served"))
+    await asyncio.to_thread(deploy, "examples.federation:federation", database_url, data_dir, serve_port)
+    url = f"http://127.0.0.1:{serve_port}"
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=30
+    ) as admin:
+        stored = await admin.post(
+            "/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-example-key-123456"}
+        )
+        assert stored.status_code == 200, stored.text
+        await asyncio.sleep(1.5)  # provider replicas poll the env version every second
+        yield ServedApp(url=url, database_url=database_url, admin=admin)

@@ -1,0 +1,94 @@
+"""MasterKey: AES-256-GCM bound to associated data, loaded from the environment or a private key file."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+
+from downcity.secrets import DecryptionError, MasterKey
+from downcity.settings import Settings
+
+KEY = bytes(range(32))
+
+
+def test_encrypt_then_decrypt_returns_the_plaintext() -> None:
+    key = MasterKey(KEY)
+    blob = key.encrypt(b"sk-secret", aad=b"env:OPENAI_API_KEY")
+    assert key.decrypt(blob, aad=b"env:OPENAI_API_KEY") == b"sk-secret"
+
+
+def test_ciphertexts_of_the_same_plaintext_differ() -> None:
+    key = MasterKey(KEY)
+    assert key.encrypt(b"same", aad=b"a") != key.encrypt(b"same", aad=b"a")
+
+
+def test_decrypt_with_another_aad_fails() -> None:
+    key = MasterKey(KEY)
+    blob = key.encrypt(b"sk-secret", aad=b"env:A")
+    with pytest.raises(DecryptionError):
+        key.decrypt(blob, aad=b"env:B")
+
+
+def test_decrypt_with_another_key_fails() -> None:
+    blob = MasterKey(KEY).encrypt(b"sk-secret", aad=b"a")
+    with pytest.raises(DecryptionError):
+        MasterKey.generate().decrypt(blob, aad=b"a")
+
+
+def test_decrypt_of_a_tampered_blob_fails() -> None:
+    key = MasterKey(KEY)
+    blob = bytearray(key.encrypt(b"sk-secret", aad=b"a"))
+    blob[-1] ^= 1
+    with pytest.raises(DecryptionError):
+        key.decrypt(bytes(blob), aad=b"a")
+
+
+def test_key_from_settings_decrypts_what_the_same_key_encrypted(tmp_path: Path) -> None:
+    encoded = base64.urlsafe_b64encode(KEY).decode()
+    blob = MasterKey(KEY).encrypt(b"value", aad=b"a")
+    loaded = MasterKey.load(Settings(data_dir=tmp_path, master_key=encoded))
+    assert loaded.decrypt(blob, aad=b"a") == b"value"
+    assert not (tmp_path / "master.key").exists()
+
+
+def test_key_from_settings_accepts_missing_padding(tmp_path: Path) -> None:
+    encoded = base64.urlsafe_b64encode(KEY).decode().rstrip("=")
+    blob = MasterKey(KEY).encrypt(b"value", aad=b"a")
+    assert MasterKey.load(Settings(data_dir=tmp_path, master_key=encoded)).decrypt(blob, aad=b"a") == b"value"
+
+
+@pytest.mark.parametrize("bad", ["not base64 at all!", base64.urlsafe_b64encode(b"short").decode()])
+def test_malformed_env_key_error_names_the_variable(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="DOWNCITY_MASTER_KEY is malformed"):
+        MasterKey.load(Settings(data_dir=tmp_path, master_key=bad))
+
+
+def test_key_file_is_created_with_owner_only_permissions(tmp_path: Path) -> None:
+    data_dir = tmp_path / "nested" / "data"
+    MasterKey.load(Settings(data_dir=data_dir))
+    path = data_dir / "master.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(base64.urlsafe_b64decode(path.read_text().strip())) == 32
+    assert sorted(p.name for p in data_dir.iterdir()) == ["master.key"]
+
+
+def test_key_file_is_reused_by_later_loads(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    blob = MasterKey.load(settings).encrypt(b"value", aad=b"a")
+    before = (tmp_path / "master.key").read_text()
+    assert MasterKey.load(settings).decrypt(blob, aad=b"a") == b"value"
+    assert (tmp_path / "master.key").read_text() == before
+
+
+def test_malformed_key_file_error_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "master.key").write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"master\.key is malformed"):
+        MasterKey.load(Settings(data_dir=tmp_path))
+
+
+def test_a_key_must_be_32_bytes() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        MasterKey(b"x" * 16)
