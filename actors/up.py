@@ -18,8 +18,13 @@ from rich.console import Console
 
 from actors.app import AppArgs, build
 from actors.ledger import get_ledger
-
+from downcity.auth import KeyRing, TokenIssuer
+from downcity.cities import CityStore
+from downcity.env import EnvStore
+from downcity.errors import DowncityHTTPError
+from downcity.secrets import MasterKey
 from downcity.settings import Settings
+from downcity.store import Database
 
 console = Console(highlight=False)
 DEMO_FEDERATION = "downcity.demo.federation:federation"
@@ -45,14 +50,7 @@ def _start_demo_upstream(port: int) -> subprocess.Popen[str]:
 
 async def _seed_demo(settings: Settings) -> str:
     """Store the demo key, create the demo city and credit, and issue a user token."""
-    from actors.ledger import get_ledger
 
-    from downcity.auth import KeyRing, TokenIssuer
-    from downcity.cities import CityStore
-    from downcity.env import EnvStore
-    from downcity.errors import DowncityHTTPError
-    from downcity.secrets import MasterKey
-    from downcity.store import Database
 
     db = Database(settings.resolved_database_url)
     try:

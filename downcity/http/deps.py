@@ -19,13 +19,13 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_caller(
+async def get_caller(
     runtime: RuntimeDep,
     authorization: Annotated[str | None, Header()] = None,
     x_city_id: Annotated[str | None, Header()] = None,
 ) -> Caller:
     """The verified user behind a user-token request."""
-    return authenticate_user(runtime, authorization, x_city_id)
+    return await authenticate_user(runtime, authorization, x_city_id)
 
 
 def require_admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> None:

@@ -47,12 +47,16 @@ def bearer(authorization: str | None) -> str:
     return credential.strip()
 
 
-def authenticate_user(runtime: Runtime, authorization: str | None, city_header: str | None) -> Caller:
+async def authenticate_user(runtime: Runtime, authorization: str | None, city_header: str | None) -> Caller:
     """Verify a user token locally, then check its city is known, active and matches `X-City-Id`."""
     claims = runtime.security.verifier.verify(bearer(authorization))
     if city_header is not None and city_header != claims.city_id:
         raise DowncityHTTPError(403, "city_mismatch", "X-City-Id does not match the token's city")
     city = runtime.city_cache.get(claims.city_id)
+    if city is None:
+        # Only a signed token reaches here, so its city existed at issue time: it is just newer than our cache.
+        await runtime.city_cache.load()
+        city = runtime.city_cache.get(claims.city_id)
     if city is None:
         raise DowncityHTTPError(403, "city_not_found", f"city {claims.city_id!r} does not exist")
     if city.status != "active":

@@ -14,6 +14,7 @@ from downcity.serving import free_port
 from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
 
 APP_NAME = "downcity"
+DEPLOY_DEADLINE_S = 60
 
 
 @dataclass
@@ -60,7 +61,7 @@ def deploy(federation: str, database_url: str, data_dir: str, port: int) -> None
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(federation=federation, database_url=database_url, data_dir=data_dir)
-    serve.run(build(args), name=APP_NAME, route_prefix="/", timeout_s=60)
+    serve.run(build(args), name=APP_NAME, route_prefix="/")
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +78,10 @@ async def served(
 ) -> AsyncIterator[ServedApp]:
     database_url = await database_factory.url("postgresql")
     data_dir = str(tmp_path_factory.mktemp("served"))
-    await asyncio.to_thread(deploy, "examples.federation:federation", database_url, data_dir, serve_port)
+    await asyncio.wait_for(
+        asyncio.to_thread(deploy, "examples.federation:federation", database_url, data_dir, serve_port),
+        DEPLOY_DEADLINE_S,
+    )
     url = f"http://127.0.0.1:{serve_port}"
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=30

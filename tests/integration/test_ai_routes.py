@@ -99,7 +99,7 @@ async def test_stream_speaks_the_ui_message_protocol_and_records_usage(served: S
 
 
 async def test_custom_text_provider_charge_is_applied(served: ServedApp) -> None:
-    _, user_id, token = await served.new_user(credit=1_000)
+    _, _, token = await served.new_user(credit=1_000)
     async with user_client(served, token) as client:
         response = await client.post("/v1/ai/text", json={"model": "reverse", "prompt": "abc"})
         balance = await client.get("/v1/balance/me")

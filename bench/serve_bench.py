@@ -1,0 +1,188 @@
+"""Serve-path benchmark: requests/s and latency of Downcity's AI routes against a no-op Serve deployment.
+
+Not a test. Run: `.venv/bin/python bench/serve_bench.py` (needs `wrk`: `apt-get install wrk`, and the
+PostgreSQL server on 127.0.0.1:5432). Everything runs on this machine in one run, in Serve's throughput-
+optimized HAProxy mode, and every figure is printed next to its ratio to the no-op Serve deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+
+from downcity.serving import apply_throughput_mode, free_port
+
+apply_throughput_mode()
+os.environ.setdefault("DOWNCITY_ADMIN_KEY", "bench-admin-key")
+os.environ.setdefault("DOWNCITY_MASTER_KEY", "YmVuY2gtbWFzdGVyLWtleS0zMi1ieXRlcy1sb25nISE=")
+
+import httpx  # noqa: E402
+import ray  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from ray import serve  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from actors.app import AppArgs, build  # noqa: E402
+
+PG = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+ADMIN = {"Authorization": f"Bearer {os.environ['DOWNCITY_ADMIN_KEY']}"}
+
+noop_app = FastAPI()
+
+
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+@serve.ingress(noop_app)
+class Noop:
+    """The baseline: a FastAPI deployment that does nothing."""
+
+    @noop_app.post("/")
+    async def root(self) -> dict[str, bool]:
+        return {"ok": True}
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    p50_single_ms: float
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(
+    url: str, body: dict[str, object], headers: dict[str, str], connections: int, seconds: int
+) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 (ms) of POSTing `body` to `url` with wrk."""
+    lua = "wrk.method = 'POST'\nwrk.body = [[" + json.dumps(body) + "]]\n"
+    lua += "wrk.headers['Content-Type'] = 'application/json'\n"
+    lua += "".join(f"wrk.headers['{k}'] = '{v}'\n" for k, v in headers.items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} failed responses\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return rps, p50, p99
+
+
+def measure(
+    name: str, url: str, body: dict[str, object], headers: dict[str, str], args: argparse.Namespace
+) -> Result:
+    wrk(url, body, headers, args.connections, 2)
+    rps, p50, p99 = wrk(url, body, headers, args.connections, args.seconds)
+    _, single_p50, _ = wrk(url, body, headers, 1, args.seconds)
+    return Result(name, rps, p50, p99, single_p50)
+
+
+async def pg(sql: str) -> None:
+    engine = create_async_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(text(sql))
+    await engine.dispose()
+
+
+def seed(url: str) -> str:
+    with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as admin:
+        admin.post("/v1/cities/create", json={"name": "Bench", "city_id": "bench"}).raise_for_status()
+        admin.post("/v1/env/set", json={"key": "DEMO_API_KEY", "value": "bench-key"}).raise_for_status()
+        admin.post(
+            "/v1/balance/credit",
+            json={"user_id": "bench-user", "amount_microcredits": 10**13, "idempotency_key": "bench-seed"},
+        ).raise_for_status()
+        token = admin.post("/v1/tokens/apply", json={"city_id": "bench", "user_id": "bench-user"})
+        token.raise_for_status()
+    time.sleep(1.5)
+    return str(token.json()["user_token"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=8)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    demo_port, http_port = free_port(), free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "downcity.demo", "--port", str(demo_port)], stdout=subprocess.PIPE, text=True
+    )
+    assert demo.stdout is not None and "listening" in demo.stdout.readline()
+    os.environ["DOWNCITY_DEMO_UPSTREAM_URL"] = f"http://127.0.0.1:{demo_port}/v1"
+    database = f"downcity_bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(pg(f'CREATE DATABASE "{database}"'))
+    data_dir = tempfile.mkdtemp()
+    try:
+        ray.init(address="local", include_dashboard=False, namespace="downcity", log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+        app_args = AppArgs(
+            federation="downcity.demo.federation:federation",
+            database_url=f"{PG}/{database}",
+            data_dir=data_dir,
+        )
+        serve.run(build(app_args), name="downcity", route_prefix="/")
+        url = f"http://127.0.0.1:{http_port}"
+        user = {"Authorization": f"Bearer {seed(url)}"}
+        chat = {"model": "demo-chat", "messages": [{"role": "user", "content": "hello bench"}]}
+        results = [
+            measure(
+                "demo upstream direct",
+                f"http://127.0.0.1:{demo_port}/v1/chat/completions",
+                chat,
+                {"Authorization": "Bearer bench-key"},
+                args,
+            ),
+            measure("no-op Serve deployment", f"{url}/noop/", {}, {}, args),
+            measure("downcity /v1/ai/text", f"{url}/v1/ai/text", {"prompt": "hello bench"}, user, args),
+            measure("downcity /v1/ai/stream", f"{url}/v1/ai/stream", {"prompt": "hello bench"}, user, args),
+            measure("downcity /v1/ai/chat/completions", f"{url}/v1/ai/chat/completions", chat, user, args),
+        ]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        demo.terminate()
+        asyncio.run(pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        shutil.rmtree(data_dir, ignore_errors=True)
+    noop = results[1]
+    upstream = results[0]
+    print(f"\n{args.connections} connections, {args.seconds}s each; ratios are to the no-op Serve deployment")
+    print(f"{'target':36} {'req/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p50@1conn':>10}")
+    for r in results:
+        print(
+            f"{r.name:36} {r.rps:9.0f} {r.rps / noop.rps:7.2f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.p50_single_ms:10.2f}"
+        )
+    text_path = results[2]
+    print(f"\ntext path throughput vs no-op Serve: {text_path.rps / noop.rps:.0%} (target >= 40%)")
+    print(
+        f"text path added p50 over the upstream direct, 1 connection: "
+        f"{text_path.p50_single_ms - upstream.p50_single_ms:.2f} ms (target <= 3 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
