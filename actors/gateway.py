@@ -9,7 +9,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from downcity.errors import DowncityHTTPError
-from downcity.runner import ActionRequest, OpenAIOutcome, TextOutcome
+from downcity.runner import ActionRequest, OpenAIOutcome, VideoOutcome, TextOutcome
 from downcity.types import ImageJobResult
 
 T = TypeVar("T")
@@ -93,6 +93,6 @@ class RayGateway:
         """Poll an upstream image job."""
         return await _call(self._handle(provider_id).image_fetch.remote(req))
 
-    async def video(self, provider_id: str, req: ActionRequest) -> dict[str, Any]:
+    async def video(self, provider_id: str, req: ActionRequest) -> VideoOutcome:
         """Run the provider's video action."""
         return await _call(self._handle(provider_id).video.remote(req))

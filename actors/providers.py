@@ -8,7 +8,7 @@ from typing import Any
 from ray import serve
 
 from downcity.env import EnvCache, EnvStore
-from downcity.runner import ActionRequest, OpenAIOutcome, ProviderRunner, TextOutcome
+from downcity.runner import ActionRequest, OpenAIOutcome, VideoOutcome, ProviderRunner, TextOutcome
 from downcity.runtime import load_federation
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
@@ -61,7 +61,7 @@ class ProviderDeployment:
         """Poll an upstream image job."""
         return await self._runner.image_fetch(req)
 
-    async def video(self, req: ActionRequest) -> dict[str, Any]:
+    async def video(self, req: ActionRequest) -> VideoOutcome:
         """The provider's video action."""
         return await self._runner.video(req)
 

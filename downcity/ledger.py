@@ -5,8 +5,13 @@ them to an in-memory cache of balances, writes the whole batch in one transactio
 each caller's future, so an awaited op is durable. Idempotency keys are unique in the database, so a
 replayed op (a client retry, an actor restart) returns its first result instead of charging twice.
 
-A settled charge is applied in full even when it exceeds its hold, and even without a hold: the hold is
-the upper bound the operator declares at admission, and a completed call's charge is never dropped.
+A settled charge is applied in full even when it exceeds its hold, when there was no hold (admission
+by "balance > 0"), and when the hold had already expired or been released: the hold is the upper bound
+the operator declares at admission, and a completed call's charge is never dropped. So the balance can
+only go below zero by a settle above its hold or without one; reserves and debits never overdraw.
+
+The balance cache assumes one writer per user: one `Ledger` per database, or one per shard
+(`shard=(index, count)`) behind `ShardedLedger` / the Ray actors.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_CACHED_USERS = 100_000
 _MAX_HISTORY = 500
+_MAX_REF_LENGTH = 200
+_MIN_SWEEP_INTERVAL_S = 1.0
+_MAX_SWEEP_INTERVAL_S = 60.0
 
 
 def _ledger_unavailable(exc: BaseException) -> DowncityHTTPError:
@@ -83,9 +91,8 @@ class Ledger:
         self.flush_interval_s = flush_interval_ms / 1000
         self.group_commit = group_commit
         self.hold_expiry_s = hold_expiry_s
-        self.sweep_interval_s = (
-            sweep_interval_s if sweep_interval_s is not None else min(60.0, hold_expiry_s / 2)
-        )
+        default_interval = min(_MAX_SWEEP_INTERVAL_S, max(_MIN_SWEEP_INTERVAL_S, hold_expiry_s / 2))
+        self.sweep_interval_s = sweep_interval_s if sweep_interval_s is not None else default_interval
         self.shard = shard
         self._cache: dict[str, Account] = {}
         self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
@@ -152,7 +159,7 @@ class Ledger:
             key,
             user_id,
             check_amount(amount, positive=False),
-            ref=check_optional_text(ref, "ref"),
+            ref=check_optional_text(ref, "ref", _MAX_REF_LENGTH),
             note=note,
             metadata=check_metadata(metadata),
             usage=normalize_usage(usage) if usage is not None else None,
@@ -164,7 +171,7 @@ class Ledger:
     ) -> HoldResult | None:
         """Release the hold with this key without charging, recording the (error) usage row."""
         if user_id is not None:
-            check_text(user_id, "user_id")
+            self._check_owner(user_id)
         elif self.shard[1] > 1:
             raise invalid("user_id is required to release on a sharded ledger", field="user_id")
         row = normalize_usage(usage) if usage is not None else None
@@ -208,11 +215,14 @@ class Ledger:
 
     async def _mutation(self, kind: OpKind, key: str, user_id: str, amount: int, **fields: Any) -> Any:
         check_text(key, "idempotency_key")
+        self._check_owner(user_id)
+        note = check_optional_text(fields.pop("note", None), "note")
+        return await self._submit(Op(kind, self._future(), key, user_id, amount, note=note, **fields))
+
+    def _check_owner(self, user_id: str) -> None:
         check_text(user_id, "user_id")
         if not self.owns(user_id):
             raise ValueError(f"user {user_id!r} belongs to another ledger shard than {self.shard}")
-        note = check_optional_text(fields.pop("note", None), "note")
-        return await self._submit(Op(kind, self._future(), key, user_id, amount, note=note, **fields))
 
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()

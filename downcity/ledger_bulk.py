@@ -1,8 +1,9 @@
 """Bulk statements for the Ledger: one round trip per table, whatever the batch size.
 
-On PostgreSQL each statement takes the whole batch as one JSON document (`json_populate_recordset`) or
-one array (`= ANY`), so its text and prepared plan are the same for any number of rows; per-row
-`executemany` and long `IN (...)` lists cost the server a round of work per row and were the bottleneck. SQLite runs in-process, so `executemany` is cheap.
+On PostgreSQL each statement takes the whole batch as one JSON document (`json_populate_recordset`)
+or one array (`= ANY`), so its text and prepared plan are the same for any number of rows; per-row
+`executemany` and long `IN (...)` lists cost the server a round of work per row and were the
+bottleneck. SQLite runs in-process, so `executemany` is cheap there.
 """
 
 from __future__ import annotations
@@ -59,15 +60,16 @@ async def _pg_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[st
 
 
 async def select_in(
-    db: Database, conn: AsyncConnection, column: Column[Any], values: Sequence[str]
+    db: Database, conn: AsyncConnection, column: Column[Any], values: Sequence[str], *, lock: bool = False
 ) -> list[Row[Any]]:
-    """Every row of `column`'s table whose `column` is one of `values`."""
+    """Every row of `column`'s table whose `column` is one of `values`, row-locked on PostgreSQL if `lock`."""
     if not values:
         return []
     table = column.table
     if db.dialect == "postgresql":
         param = bindparam("values", list(values), type_=ARRAY(Text()))
-        return list(await conn.execute(select(table).where(column == any_(param))))
+        query = select(table).where(column == any_(param))
+        return list(await conn.execute(query.with_for_update() if lock else query))
     rows: list[Row[Any]] = []
     for start in range(0, len(values), _SQLITE_CHUNK):
         chunk = values[start : start + _SQLITE_CHUNK]
@@ -75,9 +77,7 @@ async def select_in(
     return rows
 
 
-async def insert_many(
-    db: Database, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]
-) -> None:
+async def insert_many(db: Database, conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """Insert full rows; a duplicate key fails the transaction."""
     if not rows:
         return
@@ -99,9 +99,7 @@ async def insert_ignoring_duplicates(
         await conn.execute(db.insert(table).on_conflict_do_nothing(), list(rows))
 
 
-async def insert_entries(
-    db: Database, conn: AsyncConnection, rows: Sequence[dict[str, Any]]
-) -> dict[str, int]:
+async def insert_entries(db: Database, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Insert ledger entries; their new ids by idempotency key."""
     if not rows:
         return {}
@@ -132,16 +130,12 @@ async def upsert_balances(db: Database, conn: AsyncConnection, rows: Sequence[di
     await conn.execute(statement, list(rows))
 
 
-async def update_holds(
-    db: Database, conn: AsyncConnection, rows: Sequence[tuple[str, str, int | None]]
-) -> None:
+async def update_holds(db: Database, conn: AsyncConnection, rows: Sequence[tuple[str, str, int | None]]) -> None:
     """Set (status, resolved_at_ms) of existing holds from (key, status, resolved_at_ms) tuples."""
     if not rows:
         return
     if db.dialect == "postgresql":
-        document = [
-            {"idempotency_key": key, "status": status, "resolved_at_ms": at} for key, status, at in rows
-        ]
+        document = [{"idempotency_key": key, "status": status, "resolved_at_ms": at} for key, status, at in rows]
         await conn.execute(_PG_UPDATE_HOLDS, {"rows": json.dumps(document)})
         return
     params = [{"h_key": key, "h_status": status, "h_resolved": at} for key, status, at in rows]

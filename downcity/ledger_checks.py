@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Integer, String, Text
+from sqlalchemy import BigInteger, Integer, String, Text
 
 from downcity.errors import invalid
 from downcity.store.database import now_ms
@@ -15,6 +15,8 @@ from downcity.store.schema import usage_records
 _LEDGER_OWNED = ("charge_microcredits", "ledger_entry_key")
 _COLUMNS = {column.name: column for column in usage_records.columns}
 _MAX_KEY_LENGTH = 200
+# 10^15 microcredits is a billion dollars: far above any real op, far below BIGINT overflow.
+MAX_AMOUNT = 10**15
 
 
 def _column_default(name: str) -> Any:
@@ -30,14 +32,13 @@ def _check_value(name: str, value: Any) -> None:
             raise invalid(f"{field} is required", field=field)
         return
     if isinstance(column.type, Integer):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise invalid(f"{field} must be an integer", field=field)
+        bits = 63 if isinstance(column.type, BigInteger) else 31
+        if isinstance(value, bool) or not isinstance(value, int) or not -(2**bits) <= value < 2**bits:
+            raise invalid(f"{field} must be a {bits + 1}-bit integer", field=field)
     elif isinstance(column.type, String | Text):
         if not isinstance(value, str):
             raise invalid(f"{field} must be a string", field=field)
-        length = getattr(column.type, "length", None)
-        if length is not None and len(value) > length:
-            raise invalid(f"{field} must be at most {length} characters", field=field)
+        _check_storable(value, field, getattr(column.type, "length", None))
 
 
 def normalize_usage(usage: Any) -> dict[str, Any]:
@@ -60,40 +61,54 @@ def normalize_usage(usage: Any) -> dict[str, Any]:
     return row
 
 
+def _check_storable(value: str, field: str, max_length: int | None) -> None:
+    # PostgreSQL refuses NUL in text; refusing it here keeps SQLite and PostgreSQL alike and gives a 422.
+    if "\x00" in value:
+        raise invalid(f"{field} must not contain NUL characters", field=field)
+    if max_length is not None and len(value) > max_length:
+        raise invalid(f"{field} must be at most {max_length} characters", field=field)
+
+
 def check_text(value: Any, field: str) -> str:
     """A non-empty string of at most 200 characters, else a 422 naming `field`."""
     if not isinstance(value, str) or not value:
         raise invalid(f"{field} must be a non-empty string", field=field)
-    if len(value) > _MAX_KEY_LENGTH:
-        raise invalid(f"{field} must be at most {_MAX_KEY_LENGTH} characters", field=field)
+    _check_storable(value, field, _MAX_KEY_LENGTH)
     return value
 
 
 def check_amount(value: Any, *, positive: bool) -> int:
-    """An integer amount of microcredits (> 0 when `positive`, else >= 0)."""
+    """An integer amount of microcredits (> 0 when `positive`, else >= 0), at most `MAX_AMOUNT`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid("amount must be an integer number of microcredits", field="amount_microcredits")
     if value < 0 or (positive and value == 0):
         bound = "greater than 0" if positive else "0 or more"
         raise invalid(f"amount must be {bound}", field="amount_microcredits")
+    if value > MAX_AMOUNT:
+        raise invalid(f"amount must be at most {MAX_AMOUNT}", field="amount_microcredits")
     return value
 
 
-def check_optional_text(value: Any, field: str) -> str | None:
-    """None or a string."""
-    if value is not None and not isinstance(value, str):
+def check_optional_text(value: Any, field: str, max_length: int | None = None) -> str | None:
+    """None or a storable string of at most `max_length` characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
         raise invalid(f"{field} must be a string", field=field)
+    _check_storable(value, field, max_length)
     return value
 
 
 def check_metadata(value: Any) -> dict[str, Any] | None:
-    """None or a JSON-serialisable object."""
+    """None or a JSON object PostgreSQL can store."""
     if value is None:
         return None
     try:
         if not isinstance(value, dict):
             raise TypeError
-        json.dumps(value)
+        encoded = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         raise invalid("metadata must be a JSON object", field="metadata") from None
+    if "\\u0000" in encoded:
+        raise invalid("metadata must not contain NUL characters", field="metadata")
     return value

@@ -51,9 +51,7 @@ class Account:
 
     def snapshot(self) -> Balance:
         """The account as a `Balance` at this point of the batch."""
-        return Balance(
-            user_id=self.user_id, balance=self.balance, held=self.held, available=self.balance - self.held
-        )
+        return Balance(user_id=self.user_id, balance=self.balance, held=self.held, available=self.balance - self.held)
 
 
 @dataclass(eq=False)
@@ -132,9 +130,7 @@ class BatchState:
     def add_entry(self, op: Op, kind: EntryKind, balance_after: int) -> EntryRow:
         """Record a new ledger entry for `op`."""
         assert op.user_id is not None
-        row = EntryRow(
-            op.key, op.user_id, kind, op.amount, balance_after, op.ref, op.note, op.metadata, self.now_ms
-        )
+        row = EntryRow(op.key, op.user_id, kind, op.amount, balance_after, op.ref, op.note, op.metadata, self.now_ms)
         self.entries[op.key] = row
         self.new_entries.append(row)
         return row

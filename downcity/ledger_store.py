@@ -52,9 +52,7 @@ def entry_row(row: Any) -> EntryRow:
     )
 
 
-async def _load_expired(
-    conn: AsyncConnection, state: BatchState, cutoff_ms: int, owns: Callable[[str], bool]
-) -> None:
+async def _load_expired(conn: AsyncConnection, state: BatchState, cutoff_ms: int, owns: Callable[[str], bool]) -> None:
     query = select(holds).where(holds.c.status == "held", holds.c.created_at_ms < cutoff_ms)
     for row in await conn.execute(query):
         if not owns(row.user_id):
@@ -63,11 +61,11 @@ async def _load_expired(
         state.expired.append(row.idempotency_key)
 
 
-async def _load_accounts(
-    db: Database, conn: AsyncConnection, state: BatchState, users: Iterable[str]
-) -> None:
+async def _load_accounts(db: Database, conn: AsyncConnection, state: BatchState, users: Iterable[str]) -> None:
     missing = [user for user in set(users) if user not in state.accounts]
-    for row in await select_in(db, conn, balances.c.user_id, missing):
+    # The lock makes a first load wait for any transaction still writing these users (a dying
+    # predecessor after an actor restart) instead of caching what it is about to overwrite.
+    for row in await select_in(db, conn, balances.c.user_id, missing, lock=True):
         state.accounts[row.user_id] = Account(
             row.user_id, row.credits_microcredits, row.held_microcredits, persisted=True
         )
@@ -136,9 +134,7 @@ async def write_batch(db: Database, conn: AsyncConnection, state: BatchState) ->
     await upsert_balances(db, conn, accounts)
     await insert_many(db, conn, holds, [_hold_dict(hold) for hold in state.holds.values() if hold.is_new])
     changed = [
-        (hold.key, hold.status, hold.resolved_at_ms)
-        for hold in state.holds.values()
-        if hold.dirty and not hold.is_new
+        (hold.key, hold.status, hold.resolved_at_ms) for hold in state.holds.values() if hold.dirty and not hold.is_new
     ]
     await update_holds(db, conn, changed)
     ids = await insert_entries(db, conn, [_entry_dict(entry) for entry in state.new_entries])

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from downcity.ledger_types import LedgerLike as LedgerPort
-from downcity.runner import ActionRequest, OpenAIOutcome, ProviderRunner, TextOutcome
+from downcity.runner import ActionRequest, OpenAIOutcome, VideoOutcome, ProviderRunner, TextOutcome
 from downcity.types import ImageJobResult
 
 __all__ = ["LedgerPort", "LocalGateway", "ProviderGateway"]
@@ -66,7 +66,7 @@ class LocalGateway:
         """Poll an upstream image job."""
         return await self.runners[provider_id].image_fetch(req)
 
-    async def video(self, provider_id: str, req: ActionRequest) -> dict[str, Any]:
+    async def video(self, provider_id: str, req: ActionRequest) -> VideoOutcome:
         """Run the provider's video action."""
         return await self.runners[provider_id].video(req)
 

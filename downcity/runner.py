@@ -75,6 +75,10 @@ class OpenAIOutcome(BaseModel):
     ttfb_ms: int | None = None
 
 
+class VideoOutcome(OpenAIOutcome):
+    """A video action's JSON result, with the usage and charge the action reported through `ctx.metering`."""
+
+
 @contextmanager
 def _provider_errors(provider_id: str) -> Iterator[None]:
     """Turn a provider's own exceptions into 502s whose message names only the exception type."""
@@ -198,14 +202,14 @@ class ProviderRunner:
         with _provider_errors(self.provider.id):
             return _image_result(await self.provider.image_fetch(ctx))
 
-    async def video(self, req: ActionRequest) -> dict[str, Any]:
+    async def video(self, req: ActionRequest) -> VideoOutcome:
         """Run the provider's video action."""
         ctx = self._context(req, "video")
         with _provider_errors(self.provider.id):
             result = await self.provider.video(ctx)
             if not isinstance(result, dict):
                 raise TypeError("video() must return a JSON object")
-            return result
+        return VideoOutcome(body=result, usage=ctx.metering.usage, charge=ctx.metering.charge)
 
     def _context(self, req: ActionRequest, pathway: str) -> Context:
         model = self.models.get(req.model_id)

@@ -3,6 +3,7 @@
 - `deepseek`: an OpenAI-compatible upstream (DeepSeek-style) with `passthrough_model`, so
   `/v1/ai/chat/completions` is forwarded as-is with the model replaced;
 - `local-tools`: a custom provider with its own `text` and `stream` actions (no upstream at all);
+- `deepseek-images`: the upstream's async image jobs (`image_create` + `image_fetch`), billed per image;
 - `deepseek-chat` falls back to the vision model `deepseek-vl` when a request carries an image;
 - hooks read `ctx.city` and `ctx.user.metadata`: a per-plan model allow-list (402), a quota flag (429),
   and a per-city system prompt that rewrites the input.
@@ -22,10 +23,14 @@ from downcity import (
     Context,
     DowncityHTTPError,
     Federation,
+    ImageJobResult,
     OpenAICompatibleClient,
     Provider,
+    UIMessage,
     Usage,
     build_assistant_message,
+    build_image_message,
+    trim_trailing_slash,
 )
 
 UPSTREAM_URL = os.environ.get("EXAMPLE_UPSTREAM_URL", "http://127.0.0.1:9000/v1")
@@ -62,6 +67,50 @@ class LocalTools(Provider):
         yield {"type": "text-end", "id": "t0"}
         ctx.metering.add_usage(Usage(input_tokens=len(words), output_tokens=len(words)))
 
+    async def video(self, ctx: Context) -> dict[str, Any]:
+        """A storyboard "video": one frame per word of the reversed prompt, 1,000 microcredits a frame."""
+        frames = self.extract_prompt(ctx.input)[::-1].split()
+        ctx.metering.set_charge(ChargeDraft(amount_microcredits=1_000 * len(frames), note="storyboard frames"))
+        return {"frames": frames, "duration_s": len(frames)}
+
+
+class DeepSeekImages(Provider):
+    """The upstream's async image jobs: `POST /images/jobs`, then `GET /images/jobs/{id}` until done."""
+
+    async def image_create(self, ctx: Context) -> ImageJobResult:
+        """Queue an upstream job; Downcity keeps its id in the job state for `image_fetch`."""
+        body = {"model": ctx.model.upstream_model, "prompt": ctx.input["prompt"], "n": ctx.input.get("count", 1)}
+        if ctx.input.get("size"):
+            body["size"] = ctx.input["size"]
+        job = await self._call(ctx, "POST", "/images/jobs", body)
+        return ImageJobResult(job_id=job["id"], status=job["status"], poll_after_ms=job.get("poll_after_ms"))
+
+    async def image_fetch(self, ctx: Context) -> ImageJobResult:
+        """Poll the upstream job and normalise its answer."""
+        job_id = str((ctx.job or {})["state"]["provider_job_id"])
+        job = await self._call(ctx, "GET", f"/images/jobs/{job_id}", None)
+        if job["status"] == "succeeded":
+            message = build_image_message([image["url"] for image in job["data"]])
+            return ImageJobResult(job_id=job_id, status="succeeded", result=message)
+        if job["status"] == "failed":
+            return ImageJobResult(job_id=job_id, status="failed", error=job["error"]["message"])
+        return ImageJobResult(job_id=job_id, status=job["status"], poll_after_ms=job.get("poll_after_ms"))
+
+    async def _call(self, ctx: Context, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        url = trim_trailing_slash(self.base_url or "") + path
+        headers = {"Authorization": f"Bearer {ctx.env(self.env_key or '')}"}
+        response = await ctx.http.request(method, url, json=body, headers=headers)
+        if not response.is_success:
+            raise DowncityHTTPError(502, "upstream_error", f"upstream returned HTTP {response.status_code}")
+        data: dict[str, Any] = response.json()
+        return data
+
+
+def per_image(ctx: Context, output: UIMessage) -> ChargeDraft:
+    """20,000 microcredits per generated image."""
+    images = sum(1 for part in output.parts if part.type == "file")
+    return ChargeDraft(amount_microcredits=20_000 * images, ref=ctx.request_id, note=f"{images} image(s)")
+
 
 def per_token(ctx: Context, output: Any) -> ChargeDraft:
     """1 microcredit per input token and 3 per output token."""
@@ -75,12 +124,14 @@ deepseek = DeepSeek(
     env_key="DEEPSEEK_API_KEY",
     base_url=UPSTREAM_URL,
     passthrough_model="deepseek-chat-v3",
+    timeout_s=float(os.environ.get("DEEPSEEK_TIMEOUT_S", "60")),
 )
 local_tools = LocalTools("local-tools")
-
-vision = deepseek.model(
-    "deepseek-vl", name="DeepSeek VL", media=("image/*",), bill=per_token, hold_microcredits=2_000
+deepseek_images = DeepSeekImages(
+    "deepseek-images", env=["DEEPSEEK_API_KEY"], env_key="DEEPSEEK_API_KEY", base_url=UPSTREAM_URL
 )
+
+vision = deepseek.model("deepseek-vl", name="DeepSeek VL", media=("image/*",), bill=per_token, hold_microcredits=2_000)
 chat = deepseek.model(
     "deepseek-chat",
     name="DeepSeek Chat",
@@ -91,8 +142,11 @@ chat = deepseek.model(
     hold_microcredits=2_000,
 )
 reverse = local_tools.model("reverse", name="Reverse", description="Reverses the prompt.")
+image = deepseek_images.model(
+    "deepseek-image", name="DeepSeek Image", description="Async image generation.", default="image", bill=per_image
+)
 
-ai = AIService().use(chat).use(vision).use(reverse)
+ai = AIService().use(chat).use(vision).use(reverse).use(image)
 federation = Federation(name="example").use(ai)
 
 
@@ -114,7 +168,7 @@ def quota(ctx: Context) -> None:
 def city_system_prompt(ctx: Context) -> None:
     """Some cities add a system prompt to every text call."""
     prompt = CITY_SYSTEM_PROMPTS.get(ctx.city.city_id)
-    if prompt and "prompt" in ctx.input:
+    if prompt and "prompt" in ctx.input and ctx.pathway != "image":
         ctx.input["messages"] = [
             {"role": "system", "content": prompt},
             {"role": "user", "content": ctx.input.pop("prompt")},

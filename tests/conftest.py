@@ -143,6 +143,7 @@ def ray_cluster(demo_upstream: str) -> Iterator[float]:
     os.environ["DOWNCITY_ADMIN_KEY"] = TEST_ADMIN_KEY
     os.environ["EXAMPLE_UPSTREAM_URL"] = demo_upstream
     os.environ["DOWNCITY_DEMO_UPSTREAM_URL"] = demo_upstream
+    os.environ["DEEPSEEK_TIMEOUT_S"] = "2"
     import ray
 
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from downcity.calls import Call, begin_call
-from downcity.errors import DowncityHTTPError, invalid
+from downcity.errors import DowncityHTTPError
 from downcity.helpers import build_assistant_message
 from downcity.http.deps import CallerDep, RuntimeDep
 from downcity.http.schemas import ChatCompletionRequest, TextRequest, VideoRequest
@@ -180,14 +180,11 @@ async def video(body: VideoRequest, runtime: RuntimeDep, caller: CallerDep) -> d
     """Run a provider's `video` action."""
     payload = body.model_dump(exclude_none=True)
     call = await begin_call(runtime, caller, "video", payload, None)
-    if "video" not in call.model.provider.capabilities:
-        error = invalid(f"model {call.model.id!r} does not support video", "model")
-        await call.fail(error)
-        raise error
     try:
-        result = await runtime.gateway.video(call.model.provider.id, call.action_request())
+        outcome = await runtime.gateway.video(call.model.provider.id, call.action_request())
     except DowncityHTTPError as error:
         await call.fail(error)
         raise
-    await call.succeed(result)
-    return result
+    call.record(outcome.usage, outcome.charge, outcome.ttfb_ms)
+    charge = await call.succeed(outcome.body)
+    return {**outcome.body, "metadata": {"model": call.model.id, "charge": _charge_body(charge)}}

@@ -1,0 +1,429 @@
+"""The Ledger on SQLite and PostgreSQL: balances, holds, idempotency, concurrency, sweeping, sharding."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from downcity.errors import DowncityHTTPError
+from downcity.ledger import Balance, Ledger, SettleResult, ShardedLedger, shard_of
+from downcity.store import Database
+from downcity.store.database import now_ms
+from downcity.store.schema import holds, ledger_entries, usage_records
+
+PRICE = 1_500
+
+
+@pytest.fixture
+async def ledger(db: Database) -> AsyncIterator[Ledger]:
+    started = Ledger(db)
+    await started.start()
+    yield started
+    await started.close()
+
+
+def _usage(request_id: str, user_id: str = "alice", status: str = "ok") -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "city_id": "city-1",
+        "user_id": user_id,
+        "pathway": "text",
+        "status": status,
+        "http_status": 200 if status == "ok" else 502,
+        "input_tokens": 12,
+    }
+
+
+async def _rows(db: Database, table: Any, **where: Any) -> list[Any]:
+    query = select(table).where(*(table.c[name] == value for name, value in where.items()))
+    async with db.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+async def _count(db: Database, table: Any) -> int:
+    async with db.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+async def test_credit_returns_the_entry_and_raises_the_balance(ledger: Ledger) -> None:
+    entry = await ledger.credit("top-up-1", "alice", 10_000, note="welcome")
+    assert (entry.kind, entry.amount_microcredits, entry.balance_after_microcredits, entry.note) == (
+        "credit",
+        10_000,
+        10_000,
+        "welcome",
+    )
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=0, available=10_000)
+
+
+async def test_debit_lowers_the_balance(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    entry = await ledger.debit("refund-1", "alice", 4_000)
+    assert (entry.kind, entry.amount_microcredits, entry.balance_after_microcredits) == (
+        "debit",
+        4_000,
+        6_000,
+    )
+    assert (await ledger.balance("alice")).balance == 6_000
+
+
+async def test_debit_above_the_available_balance_is_refused_and_writes_nothing(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 7_000)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await ledger.debit("refund-1", "alice", 4_000)
+    assert (refused.value.status, refused.value.type) == (402, "insufficient_balance")
+    assert await _count(db, ledger_entries) == 1
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=7_000, available=3_000)
+
+
+async def test_balance_of_an_unknown_user_is_zero(ledger: Ledger) -> None:
+    assert await ledger.balance("nobody") == Balance(user_id="nobody", balance=0, held=0, available=0)
+
+
+async def test_history_lists_newest_first_and_pages_before_an_id(ledger: Ledger) -> None:
+    for index in range(5):
+        await ledger.credit(f"top-up-{index}", "alice", 100 * (index + 1))
+    page = await ledger.history("alice", limit=2)
+    assert [entry.idempotency_key for entry in page] == ["top-up-4", "top-up-3"]
+    older = await ledger.history("alice", limit=10, before_id=page[-1].id)
+    assert [entry.idempotency_key for entry in older] == ["top-up-2", "top-up-1", "top-up-0"]
+
+
+async def test_invalid_arguments_are_refused_with_422_naming_the_field(ledger: Ledger) -> None:
+    cases = [
+        (ledger.credit("k", "alice", 0), "amount_microcredits"),
+        (ledger.reserve("", "alice", 10), "idempotency_key"),
+        (ledger.settle("k", "alice", 10, usage={"request_id": "r", "colour": "red"}), "usage.colour"),
+        (ledger.settle("k", "alice", 10, usage={"request_id": "r"}), "usage.city_id"),
+        (ledger.history("alice", limit=0), "limit"),
+        (ledger.credit("k", "alice", 10**16), "amount_microcredits"),
+        (ledger.settle("k", "alice", 10, note="nul\x00"), "note"),
+        (ledger.settle("k", "alice", 10, usage={**_usage("r"), "http_status": 2**40}), "usage.http_status"),
+    ]
+    for call, field in cases:
+        with pytest.raises(DowncityHTTPError) as refused:
+            await call
+        assert (refused.value.status, refused.value.field) == (422, field)
+
+
+async def test_reserve_holds_the_amount(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    hold = await ledger.reserve("call-1", "alice", 3_000)
+    assert (hold.status, hold.amount_microcredits) == ("held", 3_000)
+    assert hold.balance == Balance(user_id="alice", balance=10_000, held=3_000, available=7_000)
+
+
+async def test_reserve_above_the_available_balance_is_refused_and_holds_nothing(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 6_000)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await ledger.reserve("call-2", "alice", 5_000)
+    assert (refused.value.status, refused.value.type) == (402, "insufficient_balance")
+    assert await _count(db, holds) == 1
+    assert (await ledger.balance("alice")).held == 6_000
+
+
+async def test_settle_charges_the_final_amount_and_settles_the_hold(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    result = await ledger.settle("call-1", "alice", 2_000, ref="gpt", metadata={"tokens": 7})
+    assert result.entry is not None
+    assert (result.entry.kind, result.entry.amount_microcredits, result.entry.balance_after_microcredits) == (
+        "charge",
+        2_000,
+        8_000,
+    )
+    assert (result.entry.ref, result.entry.metadata) == ("gpt", {"tokens": 7})
+    assert result.balance == Balance(user_id="alice", balance=8_000, held=0, available=8_000)
+    [hold] = await _rows(db, holds, idempotency_key="call-1")
+    assert hold.status == "settled"
+
+
+async def test_settle_writes_the_usage_row_linked_to_its_entry(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.settle("call-1", "alice", 2_000, usage=_usage("req-1"))
+    [row] = await _rows(db, usage_records, request_id="req-1")
+    assert (row.charge_microcredits, row.ledger_entry_key, row.input_tokens, row.status) == (
+        2_000,
+        "call-1",
+        12,
+        "ok",
+    )
+
+
+async def test_settle_of_zero_writes_no_entry_but_settles_the_hold(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    result = await ledger.settle("call-1", "alice", 0, usage=_usage("req-1"))
+    assert result.entry is None
+    assert result.balance == Balance(user_id="alice", balance=10_000, held=0, available=10_000)
+    [row] = await _rows(db, usage_records, request_id="req-1")
+    assert (row.charge_microcredits, row.ledger_entry_key) == (0, None)
+
+
+async def test_settle_without_a_hold_charges_directly(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    result = await ledger.settle("call-1", "alice", 2_500)
+    assert result.balance == Balance(user_id="alice", balance=7_500, held=0, available=7_500)
+
+
+async def test_settle_above_the_hold_charges_in_full(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 1_000)
+    result = await ledger.settle("call-1", "alice", 4_000)
+    assert result.balance == Balance(user_id="alice", balance=6_000, held=0, available=6_000)
+
+
+async def test_release_frees_the_hold_and_records_usage_without_an_entry(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    hold = await ledger.release("call-1", usage=_usage("req-1", status="error"))
+    assert hold is not None
+    assert hold.status == "released"
+    assert hold.balance == Balance(user_id="alice", balance=10_000, held=0, available=10_000)
+    assert await _count(db, ledger_entries) == 1
+    [row] = await _rows(db, usage_records, request_id="req-1")
+    assert (row.status, row.charge_microcredits, row.ledger_entry_key) == ("error", 0, None)
+
+
+async def test_record_usage_writes_an_unbilled_row(ledger: Ledger, db: Database) -> None:
+    await ledger.record_usage(_usage("req-1"))
+    [row] = await _rows(db, usage_records, request_id="req-1")
+    assert (row.user_id, row.charge_microcredits, row.ledger_entry_key) == ("alice", 0, None)
+
+
+async def test_replayed_credit_returns_the_first_entry(ledger: Ledger) -> None:
+    first = await ledger.credit("top-up-1", "alice", 10_000)
+    assert await ledger.credit("top-up-1", "alice", 10_000) == first
+    assert (await ledger.balance("alice")).balance == 10_000
+
+
+async def test_replayed_reserve_returns_the_same_hold(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    first = await ledger.reserve("call-1", "alice", 3_000)
+    again = await ledger.reserve("call-1", "alice", 3_000)
+    assert (again.idempotency_key, again.status, again.balance) == ("call-1", "held", first.balance)
+
+
+async def test_replayed_settle_returns_the_same_entry_and_charges_once(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    first = await ledger.settle("call-1", "alice", 2_000, usage=_usage("req-1"))
+    again = await ledger.settle("call-1", "alice", 2_000, usage=_usage("req-2"))
+    assert again.entry == first.entry
+    assert (await ledger.balance("alice")).balance == 8_000
+    assert await _count(db, usage_records) == 1
+
+
+async def test_reserve_after_settle_returns_the_settled_state_without_holding(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.settle("call-1", "alice", 2_000)
+    again = await ledger.reserve("call-1", "alice", 3_000)
+    assert again.status == "settled"
+    assert again.balance == Balance(user_id="alice", balance=8_000, held=0, available=8_000)
+
+
+async def test_replayed_release_changes_nothing(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.release("call-1", usage=_usage("req-1", status="error"))
+    again = await ledger.release("call-1", usage=_usage("req-2", status="error"))
+    assert again is not None
+    assert again.status == "released"
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=0, available=10_000)
+    assert await _count(db, usage_records) == 1
+
+
+@pytest.mark.parametrize(
+    ("replay_user", "replay_amount"),
+    [("alice", 9_999), ("bob", 10_000)],
+    ids=["different-amount", "different-user"],
+)
+async def test_reused_key_with_other_parameters_is_a_409(ledger: Ledger, replay_user: str, replay_amount: int) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await ledger.credit("top-up-1", replay_user, replay_amount)
+    assert (refused.value.status, refused.value.type) == (409, "idempotency_conflict")
+
+
+async def test_reused_key_with_another_kind_is_a_409(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    for reuse in (ledger.debit("top-up-1", "alice", 10_000), ledger.settle("top-up-1", "alice", 10_000)):
+        with pytest.raises(DowncityHTTPError) as refused:
+            await reuse
+        assert refused.value.status == 409
+
+
+async def test_settle_with_another_amount_than_its_first_settle_is_a_409(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.settle("call-1", "alice", 0)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await ledger.settle("call-1", "alice", 500)
+    assert refused.value.status == 409
+
+
+async def test_one_key_settled_100_times_concurrently_writes_one_entry(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    results = await asyncio.gather(*(ledger.settle("call-1", "alice", 700) for _ in range(100)))
+    entry_ids = {result.entry.id if result.entry is not None else None for result in results}
+    assert len(entry_ids) == 1
+    assert None not in entry_ids
+    assert len(await _rows(db, ledger_entries, idempotency_key="call-1")) == 1
+    assert (await ledger.balance("alice")).balance == 9_300
+
+
+@pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "commit-per-op"])
+async def test_200_concurrent_calls_admit_exactly_what_the_balance_covers(db: Database, group_commit: bool) -> None:
+    ledger = Ledger(db, group_commit=group_commit)
+    await ledger.start()
+    await ledger.credit("top-up-1", "alice", 57 * PRICE)
+
+    async def call(index: int) -> bool:
+        try:
+            await ledger.reserve(f"call-{index}", "alice", PRICE)
+        except DowncityHTTPError as refused:
+            assert refused.status == 402
+            return False
+        await ledger.settle(f"call-{index}", "alice", PRICE)
+        return True
+
+    outcomes = await asyncio.gather(*(call(index) for index in range(200)))
+    await ledger.close()
+    assert (outcomes.count(True), outcomes.count(False)) == (57, 143)
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=0, held=0, available=0)
+    entries = await _rows(db, ledger_entries, user_id="alice")
+    assert len(entries) == 58
+    assert min(entry.balance_after_microcredits for entry in entries) == 0
+
+
+async def _poison_charges_of(db: Database, user_id: str) -> None:
+    """A database trigger failing every entry of `user_id`: a fault the Ledger cannot foresee."""
+    async with db.begin() as conn:
+        if db.dialect == "postgresql":
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'poisoned'; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON ledger_entries FOR EACH ROW "
+                    f"WHEN (NEW.user_id = '{user_id}') EXECUTE FUNCTION poison()"
+                )
+            )
+        else:
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON ledger_entries "
+                    f"WHEN NEW.user_id = '{user_id}' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+                )
+            )
+
+
+async def test_a_failing_op_does_not_fail_the_rest_of_its_batch(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-a", "alice", 10_000)
+    await ledger.credit("top-up-m", "mallory", 10_000)
+    await _poison_charges_of(db, "mallory")
+    results = await asyncio.gather(
+        ledger.settle("call-a1", "alice", 1_000),
+        ledger.settle("call-m1", "mallory", 1_000),
+        ledger.settle("call-a2", "alice", 2_000),
+        return_exceptions=True,
+    )
+    failed = results[1]
+    assert isinstance(failed, DowncityHTTPError)
+    assert (failed.status, failed.type) == (503, "ledger_unavailable")
+    assert [
+        result.balance.balance if isinstance(result, SettleResult) else result for result in (results[0], results[2])
+    ] == [9_000, 7_000]
+    assert await ledger.balance("mallory") == Balance(user_id="mallory", balance=10_000, held=0, available=10_000)
+    assert (await ledger.reserve("call-m2", "mallory", 10_000)).balance.available == 0
+
+
+async def test_sweep_releases_holds_older_than_the_expiry(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    later = now_ms() + ledger.hold_expiry_s * 1000 + 1
+    assert await ledger.sweep_expired_holds(now_ms=now_ms()) == 0
+    assert await ledger.sweep_expired_holds(now_ms=later) == 1
+    assert await ledger.sweep_expired_holds(now_ms=later) == 0
+    [hold] = await _rows(db, holds, idempotency_key="call-1")
+    assert hold.status == "released"
+    assert (await ledger.balance("alice")).held == 0
+
+
+async def test_settle_after_the_hold_expired_still_charges(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.sweep_expired_holds(now_ms=now_ms() + ledger.hold_expiry_s * 1000 + 1)
+    result = await ledger.settle("call-1", "alice", 2_000)
+    assert result.balance == Balance(user_id="alice", balance=8_000, held=0, available=8_000)
+
+
+async def test_background_sweeper_releases_expired_holds(db: Database) -> None:
+    ledger = Ledger(db, hold_expiry_s=0, sweep_interval_s=0.02)
+    await ledger.start()
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    for _ in range(200):
+        if (await ledger.balance("alice")).held == 0:
+            break
+        await asyncio.sleep(0.02)
+    await ledger.close()
+    [hold] = await _rows(db, holds, idempotency_key="call-1")
+    assert hold.status == "released"
+
+
+async def test_restart_keeps_balances_holds_and_idempotency(db: Database) -> None:
+    first = Ledger(db)
+    await first.start()
+    entry = await first.credit("top-up-1", "alice", 10_000)
+    await first.reserve("call-1", "alice", 3_000)
+    await first.close()
+    second = Ledger(db)
+    await second.start()
+    assert await second.balance("alice") == Balance(user_id="alice", balance=10_000, held=3_000, available=7_000)
+    assert await second.credit("top-up-1", "alice", 10_000) == entry
+    settled = await second.settle("call-1", "alice", 2_500)
+    await second.close()
+    assert settled.balance == Balance(user_id="alice", balance=7_500, held=0, available=7_500)
+
+
+async def test_sharded_ledger_sends_every_op_of_a_user_to_its_shard(db: Database) -> None:
+    shards = [Ledger(db, shard=(index, 2)) for index in range(2)]
+    sharded = ShardedLedger(shards)
+    await sharded.start()
+    users = [f"user-{index}" for index in range(8)]
+    for user in users:
+        assert sharded.shard_for(user) is shards[shard_of(user, 2)]
+        await sharded.credit(f"top-up-{user}", user, 1_000)
+        await sharded.reserve(f"call-{user}", user, 400)
+        await sharded.release(f"call-{user}", user_id=user)
+    with pytest.raises(ValueError, match="another ledger shard"):
+        await shards[1 - shard_of("user-0", 2)].credit("stray", "user-0", 5)
+    balances = [await sharded.balance(user) for user in users]
+    await sharded.close()
+    assert {shard_of(user, 2) for user in users} == {0, 1}
+    assert [balance.available for balance in balances] == [1_000] * 8
+
+
+async def test_sharded_release_needs_the_user_to_find_the_shard(db: Database) -> None:
+    sharded = ShardedLedger([Ledger(db, shard=(index, 2)) for index in range(2)])
+    await sharded.start()
+    await sharded.credit("top-up-1", "alice", 1_000)
+    await sharded.reserve("call-1", "alice", 400)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await sharded.release("call-1")
+    released = await sharded.release("call-1", usage=_usage("req-1"))
+    await sharded.close()
+    assert (refused.value.status, refused.value.field) == (422, "user_id")
+    assert released is not None
+    assert released.status == "released"
