@@ -35,6 +35,7 @@ from downcity import (
 
 UPSTREAM_URL = os.environ.get("EXAMPLE_UPSTREAM_URL", "http://127.0.0.1:9000/v1")
 PREMIUM_MODELS = {"deepseek-vl"}
+FLAT_PRICE = 500
 CITY_SYSTEM_PROMPTS = {"kids": "Answer kindly and simply."}
 
 
@@ -141,12 +142,19 @@ chat = deepseek.model(
     bill=per_token,
     hold_microcredits=2_000,
 )
+flat = deepseek.model(
+    "deepseek-flat",
+    name="DeepSeek Flat",
+    description="DeepSeek Chat at a flat 500 microcredits a call, held before the call.",
+    bill=lambda ctx, output: ChargeDraft(amount_microcredits=FLAT_PRICE, ref=ctx.request_id),
+    hold_microcredits=FLAT_PRICE,
+)
 reverse = local_tools.model("reverse", name="Reverse", description="Reverses the prompt.")
 image = deepseek_images.model(
     "deepseek-image", name="DeepSeek Image", description="Async image generation.", default="image", bill=per_image
 )
 
-ai = AIService().use(chat).use(vision).use(reverse).use(image)
+ai = AIService().use(chat).use(vision).use(flat).use(reverse).use(image)
 federation = Federation(name="example").use(ai)
 
 

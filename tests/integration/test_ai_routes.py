@@ -43,7 +43,7 @@ def sse_events(body: str) -> list[str]:
 async def test_health_reports_the_federation(served: ServedApp) -> None:
     response = await served.admin.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "federation": "example", "models": 3}
+    assert response.json() == {"status": "ok", "federation": "example", "models": 4}
 
 
 async def test_models_lists_public_fields_only(served: ServedApp) -> None:
@@ -52,7 +52,7 @@ async def test_models_lists_public_fields_only(served: ServedApp) -> None:
         response = await client.get("/v1/ai/models")
     assert response.status_code == 200
     items = {item["id"]: item for item in response.json()["items"]}
-    assert set(items) == {"deepseek-chat", "deepseek-vl", "reverse"}
+    assert set(items) == {"deepseek-chat", "deepseek-vl", "reverse", "deepseek-image"}
     assert "base_url" not in json.dumps(items)
     assert items["deepseek-chat"]["default_for"] == ["text", "stream", "openai"]
 
