@@ -1,0 +1,145 @@
+"""Typed results; every model keeps unknown fields so newer servers do not break older clients."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from downcity.types import TERMINAL_JOB_STATUSES, UIMessage
+
+
+def ui_message(value: Any) -> Any:
+    """Drop top-level keys `UIMessage` does not know (it forbids extras) before validating."""
+    if isinstance(value, dict):
+        return {key: item for key, item in value.items() if key in UIMessage.model_fields}
+    return value
+
+
+ResultMessage = Annotated[UIMessage, BeforeValidator(ui_message)]
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Model(_Result):
+    """A model in the catalog, as products see it."""
+
+    id: str
+    name: str
+    description: str | None = None
+    pathways: list[str] = Field(default_factory=list)
+    default_for: list[str] = Field(default_factory=list)
+
+
+class Balance(_Result):
+    """A user's balance, the sum of their holds and what is left to spend, in microcredits."""
+
+    user_id: str
+    balance: int
+    held: int
+    available: int
+
+
+class LedgerEntry(_Result):
+    """One committed ledger row; `amount_microcredits` is positive and `kind` gives the sign."""
+
+    id: int
+    idempotency_key: str
+    user_id: str
+    kind: str
+    amount_microcredits: int
+    balance_after_microcredits: int
+    ref: str | None = None
+    note: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at_ms: int
+
+
+class City(_Result):
+    """A product boundary."""
+
+    city_id: str
+    name: str
+    status: str
+    created_at: str
+    updated_at: str
+
+
+class IssuedToken(_Result):
+    """A freshly issued user token."""
+
+    user_token: str
+    city_id: str
+    user_id: str
+    token_id: str
+    expires_at: str
+
+
+class EnvEntry(_Result):
+    """A stored provider key: its preview only, never the value."""
+
+    key: str
+    preview: str
+    updated_at_ms: int
+
+
+class UsageRecord(_Result):
+    """One recorded call; only the request id is guaranteed, other columns may be filtered out."""
+
+    request_id: str
+    city_id: str | None = None
+    user_id: str | None = None
+    pathway: str | None = None
+    model_id: str | None = None
+    status: str | None = None
+    http_status: int | None = None
+    error_type: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    charge_microcredits: int = 0
+    duration_ms: int | None = None
+    created_at_ms: int | None = None
+
+
+class UsageSummaryRow(_Result):
+    """Usage aggregated over one group (`key` is the model, city or user the rows were grouped by)."""
+
+    key: str | None = None
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    charge_microcredits: int = 0
+
+
+class ImageJob(_Result):
+    """An image job as the caller sees it."""
+
+    job_id: str
+    status: str
+    result: ResultMessage | None = None
+    error: str | None = None
+    message: str | None = None
+    poll_after_ms: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job succeeded or failed."""
+        return self.status in TERMINAL_JOB_STATUSES
+
+
+class Job(_Result):
+    """An image job in the admin listing."""
+
+    job_id: str
+    status: str
+    city_id: str | None = None
+    user_id: str | None = None
+    model_id: str | None = None
+    error: str | None = None
+    message: str | None = None
+    charge_microcredits: int | None = None
+    created_at_ms: int | None = None
+    updated_at_ms: int | None = None
+    finished_at_ms: int | None = None
