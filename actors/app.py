@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from actors.ingress import Ingress
+from actors.placement import HEAD_PINNED, actor_options, check_resources
 from actors.providers import ProviderDeployment
 from downcity.runtime import bootstrap, load_federation
 from downcity.settings import Settings
@@ -24,12 +25,21 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     federation: str = Field(description="import path of the operator's Federation, 'pkg.module:attr'")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy async URL; default embedded SQLite"
-    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy async URL; default embedded SQLite")
     data_dir: str = Field(default=".downcity", description="embedded data dir (SQLite file, master key)")
     ledger_shards: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    provider_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray resources each provider replica requests; empty: any node"
+    )
+    control_resources: dict[str, float] = Field(
+        default_factory=lambda: dict(HEAD_PINNED), description="Ray resources the Ledger and JobManager request"
+    )
+
+    @field_validator("provider_resources", "control_resources")
+    @classmethod
+    def _positive_shares(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        return check_resources(value, info.field_name or "resources")
 
     def settings(self) -> dict[str, Any]:
         """Plain settings for deployments; secrets stay in each process's environment, never in args."""
@@ -60,9 +70,9 @@ def build(args: AppArgs) -> Application:
     _bootstrap(Settings.with_env_secrets(settings))
     providers = {
         provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}")
+        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
         .bind(args.federation, provider_id, settings)
         for provider_id in federation.providers
     }
     ingress = cast(Deployment, Ingress).options(name="ingress")
-    return ingress.bind(args.federation, settings, providers)
+    return ingress.bind(args.federation, settings, providers, args.control_resources)

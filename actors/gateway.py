@@ -9,7 +9,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from downcity.errors import DowncityHTTPError
-from downcity.runner import ActionRequest, OpenAIOutcome, VideoOutcome, TextOutcome
+from downcity.runner import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
 from downcity.types import ImageJobResult
 
 T = TypeVar("T")
@@ -22,9 +22,7 @@ def unwrap(error: BaseException) -> BaseException:
         return DowncityHTTPError(cause.status, cause.type, cause.message, cause.field)
     if isinstance(error, DowncityHTTPError):
         return DowncityHTTPError(error.status, error.type, error.message, error.field)
-    return DowncityHTTPError(
-        502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}"
-    )
+    return DowncityHTTPError(502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}")
 
 
 async def _call(response: Awaitable[T]) -> T:
@@ -69,14 +67,10 @@ class RayGateway:
         """Non-streaming chat/completions on the provider's deployment."""
         return await _call(self._handle(provider_id).openai.remote(req))
 
-    async def openai_stream(
-        self, provider_id: str, req: ActionRequest
-    ) -> AsyncIterator[bytes | dict[str, Any]]:
+    async def openai_stream(self, provider_id: str, req: ActionRequest) -> AsyncIterator[bytes | dict[str, Any]]:
         """Streaming chat/completions: raw upstream SSE bytes, then one usage dict."""
         self._handle(provider_id)
-        generator = cast(
-            DeploymentResponseGenerator[Any], self.streaming[provider_id].openai_stream.remote(req)
-        )
+        generator = cast(DeploymentResponseGenerator[Any], self.streaming[provider_id].openai_stream.remote(req))
         try:
             async for item in generator:
                 yield item

@@ -20,6 +20,8 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
+from actors.metrics import ray_metrics
+from actors.placement import HEAD_PINNED
 from downcity.errors import DowncityHTTPError
 from downcity.ledger import Balance, HoldResult, Ledger, LedgerEntry, SettleResult, ShardedLedger
 from downcity.settings import RAY_NAMESPACE, Settings
@@ -73,7 +75,12 @@ class LedgerActor:
     async def _open(self) -> Ledger:
         async with self._starting:
             if self._ledger is None:
-                ledger = Ledger(Database(self._database_url), shard=self._shard, hold_expiry_s=self._hold_expiry_s)
+                ledger = Ledger(
+                    Database(self._database_url),
+                    shard=self._shard,
+                    hold_expiry_s=self._hold_expiry_s,
+                    metrics=ray_metrics(),
+                )
                 await ledger.start()
                 self._ledger = ledger
         return self._ledger
@@ -235,10 +242,11 @@ class LedgerClient(ShardedLedger):
 
 
 def _connector(
-    name: str, database_url: str, shard: tuple[int, int], hold_expiry_s: int
+    name: str, database_url: str, shard: tuple[int, int], hold_expiry_s: int, resources: dict[str, float]
 ) -> Callable[[], ActorHandle[LedgerActor]]:
     def connect() -> ActorHandle[LedgerActor]:
-        handle = LedgerActorClass.options(name=name, **ACTOR_OPTIONS).remote(database_url, shard, hold_expiry_s)
+        options = LedgerActorClass.options(name=name, resources=resources, **ACTOR_OPTIONS)
+        handle = options.remote(database_url, shard, hold_expiry_s)
         return cast(ActorHandle[LedgerActor], handle)
 
     return connect
@@ -251,15 +259,19 @@ def get_ledger(
     name: str = LEDGER_ACTOR_NAME,
     hold_expiry_s: int | None = None,
     retry_deadline_s: float = RETRY_DEADLINE_S,
+    resources: dict[str, float] | None = None,
 ) -> LedgerClient:
     """The client for the ledger actors, creating them if needed (detached: they outlive the caller).
 
-    An actor that already exists under the name keeps the database it was created with.
+    New actors request `resources` (default: a share of the head node, see `actors.placement`). An actor
+    that already exists under the name keeps the database and placement it was created with.
     """
     if shards < 1:
         raise ValueError("shards must be at least 1")
     expiry = hold_expiry_s if hold_expiry_s is not None else Settings.from_env().hold_expiry_s
+    placement = HEAD_PINNED if resources is None else resources
     connectors = [
-        _connector(actor_name(index, shards, name), database_url, (index, shards), expiry) for index in range(shards)
+        _connector(actor_name(index, shards, name), database_url, (index, shards), expiry, placement)
+        for index in range(shards)
     ]
     return LedgerClient([_ActorShard(connect, retry_deadline_s) for connect in connectors])

@@ -11,13 +11,10 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
-import ray
 import typer
-from ray import serve
 from rich.console import Console
 
-from actors.app import AppArgs, build
-from actors.ledger import get_ledger
+from actors.lifecycle import RunFile, is_alive
 from downcity.auth import KeyRing, TokenIssuer
 from downcity.cities import CityStore
 from downcity.env import EnvStore
@@ -31,6 +28,8 @@ DEMO_FEDERATION = "downcity.demo.federation:federation"
 DEMO_CITY = "demo"
 DEMO_USER = "demo-user"
 DEMO_CREDIT = 10_000_000
+# Replicas reload provider keys within 2 s of a change; the printed examples must work at once.
+KEY_PROPAGATION_S = 2.0
 
 
 def _start_demo_upstream(port: int) -> subprocess.Popen[str]:
@@ -50,7 +49,7 @@ def _start_demo_upstream(port: int) -> subprocess.Popen[str]:
 
 async def _seed_demo(settings: Settings) -> str:
     """Store the demo key, create the demo city and credit, and issue a user token."""
-
+    from actors.ledger import get_ledger
 
     db = Database(settings.resolved_database_url)
     try:
@@ -68,6 +67,7 @@ async def _seed_demo(settings: Settings) -> str:
         keyring = KeyRing(db, master)
         await keyring.refresh()
         issued = await TokenIssuer(keyring, cities).apply(DEMO_CITY, DEMO_USER, {"plan": "demo"})
+        await asyncio.sleep(KEY_PROPAGATION_S)
         return issued.user_token
     finally:
         await db.dispose()
@@ -92,6 +92,24 @@ def _print_examples(url: str, token: str) -> None:
     console.print("Press Ctrl-C to stop.", style="dim")
 
 
+def _refuse_if_running(data_dir: Path) -> None:
+    running = RunFile.load(data_dir)
+    if running is not None and is_alive(running.pid):
+        console.print(f"[red]downcity up is already running from {data_dir} (pid {running.pid}, {running.url})[/]")
+        console.print("stop it with: downcity down")
+        raise typer.Exit(1)
+
+
+def _deploy(federation: str, database_url: str | None, settings: Settings, host: str, port: int) -> None:
+    from ray import serve
+
+    from actors.app import AppArgs, build
+
+    serve.start(http_options={"host": host, "port": port})
+    args = AppArgs(federation=federation, database_url=database_url, data_dir=str(settings.data_dir))
+    serve.run(build(args), name="downcity", route_prefix="/")
+
+
 def up(
     federation: Annotated[
         str, typer.Option(help="import path of your Federation, 'pkg.module:attr'")
@@ -100,26 +118,29 @@ def up(
     host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
     demo_port: Annotated[int, typer.Option(help="port of the demo upstream")] = 9000,
-    database_url: Annotated[
-        str | None, typer.Option(help="database URL; default SQLite in ./.downcity")
-    ] = None,
+    database_url: Annotated[str | None, typer.Option(help="database URL; default SQLite in ./.downcity")] = None,
 ) -> None:
-    """Start local Ray, deploy the app and serve until interrupted."""
+    """Start local Ray, deploy the app and serve until interrupted (or until `downcity down`)."""
     if database_url:
         os.environ["DOWNCITY_DATABASE_URL"] = database_url
+    settings = Settings.from_env()
+    _refuse_if_running(settings.data_dir)
     demo_process = None
     if demo:
         demo_process = _start_demo_upstream(demo_port)
         os.environ["DOWNCITY_DEMO_UPSTREAM_URL"] = f"http://127.0.0.1:{demo_port}/v1"
-    settings = Settings.from_env()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Imported here rather than at the top so that every other `downcity` command starts without loading Ray.
+    import ray
+
+    url = f"http://{host}:{port}"
     try:
         ray.init(address="local", include_dashboard=False, namespace="downcity", log_to_driver=False)
-        serve.start(http_options={"host": host, "port": port})
-        args = AppArgs(federation=federation, database_url=database_url, data_dir=str(settings.data_dir))
-        serve.run(build(args), name="downcity", route_prefix="/")
-        url = f"http://{host}:{port}"
+        # After ray.init, which installs its own SIGTERM handler: `downcity down` must reach the finally below.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        address = ray.get_runtime_context().gcs_address
+        RunFile(os.getpid(), url, address, os.environ.get("RAY_AUTH_MODE")).save(settings.data_dir)
+        _deploy(federation, database_url, settings, host, port)
         admin_file = Path(settings.data_dir) / "admin.key"
         if admin_file.exists():
             console.print(f"admin key (shown once): {admin_file.read_text().strip()}")
@@ -136,3 +157,4 @@ def up(
         if demo_process is not None:
             demo_process.terminate()
         ray.shutdown()
+        RunFile.remove(settings.data_dir)

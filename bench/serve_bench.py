@@ -85,14 +85,12 @@ def wrk(
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} failed responses\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     return rps, p50, p99
 
 
-def measure(
-    name: str, url: str, body: dict[str, object], headers: dict[str, str], args: argparse.Namespace
-) -> Result:
+def measure(name: str, url: str, body: dict[str, object], headers: dict[str, str], args: argparse.Namespace) -> Result:
     wrk(url, body, headers, args.connections, 2)
     rps, p50, p99 = wrk(url, body, headers, args.connections, args.seconds)
     _, single_p50, _ = wrk(url, body, headers, 1, args.seconds)

@@ -63,9 +63,7 @@ async def coalesce(
             if isinstance(signal, _Failed):
                 raise signal.error
             batch, pending = (
-                ([], signal)
-                if isinstance(signal, _End)
-                else await _gather(queue, signal, window_s, max_items)
+                ([], signal) if isinstance(signal, _End) else await _gather(queue, signal, window_s, max_items)
             )
             if isinstance(pending, _End):
                 yield [*batch, final()]

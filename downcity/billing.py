@@ -37,6 +37,4 @@ def _drafted(value: Any, owner: str) -> ChargeDraft | None:
     try:
         return coerce_charge(value)
     except (TypeError, ValidationError):
-        raise DowncityHTTPError(
-            502, "provider_error", f"the bill of {owner} returned an invalid charge"
-        ) from None
+        raise DowncityHTTPError(502, "provider_error", f"the bill of {owner} returned an invalid charge") from None

@@ -23,6 +23,7 @@ from downcity.context import Context, Metering
 from downcity.errors import DowncityHTTPError, insufficient_balance
 from downcity.hooks import run_after, run_before, run_on_error
 from downcity.http.principal import Caller
+from downcity.metrics import CallMetrics
 from downcity.model import ModelConfig
 from downcity.resolution import apply_fallback, extract_media, resolve_model
 from downcity.runner import ActionRequest
@@ -101,6 +102,24 @@ class Call:
         if ttfb_ms is not None and self.ctx.metering.ttfb_ms is None:
             self.ctx.metering.ttfb_ms = ttfb_ms
 
+    def report(self, status: str, charged_microcredits: int = 0, error_type: str | None = None) -> None:
+        """Report the finished call to the runtime's metrics."""
+        usage, ttfb_ms = self.ctx.metering.usage, self.ctx.metering.ttfb_ms
+        self.runtime.metrics.call_finished(
+            CallMetrics(
+                city=self.caller.city_id,
+                model=self.model.id,
+                provider=self.model.provider.id,
+                status=status,
+                error_type=error_type,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                charged_microcredits=charged_microcredits,
+                latency_s=time.perf_counter() - self.started,
+                ttfb_s=ttfb_ms / 1000 if ttfb_ms is not None else None,
+            )
+        )
+
     async def succeed(self, output: Any) -> ChargeDraft | None:
         """Resolve and settle the charge, write usage, then run `after` hooks."""
         self.ctx.output = output
@@ -122,6 +141,7 @@ class Call:
         else:
             await ledger.record_usage(row)
         self.settled = True
+        self.report("ok", amount)
         await run_after(self.ctx, self.chain)
         return charge
 
@@ -137,6 +157,7 @@ class Call:
             await self.runtime.ledger.release(self.key, usage=row)
         else:
             await self.runtime.ledger.record_usage(row)
+        self.report(status, error_type=error.type)
         await run_on_error(self.ctx, self.chain)
 
 
@@ -187,6 +208,7 @@ async def begin_call(
     except DowncityHTTPError as error:
         call.settled = True
         await runtime.ledger.record_usage(call.usage_row("refused", error.status, error.type))
+        call.report("refused", error_type=error.type)
         raise
     return call
 

@@ -97,9 +97,7 @@ class CityStore:
             if result.rowcount == 0:
                 raise DowncityHTTPError(409, "city_exists", f"city {city_id!r} already exists", "city_id")
             await versions.bump(conn, CITIES_VERSION)
-        return City(
-            city_id=city_id, name=name, status="active", created_at=ms_to_iso(ms), updated_at=ms_to_iso(ms)
-        )
+        return City(city_id=city_id, name=name, status="active", created_at=ms_to_iso(ms), updated_at=ms_to_iso(ms))
 
     async def get(self, city_id: str) -> City:
         """The city, or 404."""

@@ -98,9 +98,7 @@ def normalize_ai_usage(raw: Mapping[str, Any] | None) -> Usage:
     if not raw:
         return Usage()
     input_details = _mapping(raw.get("prompt_tokens_details")) or _mapping(raw.get("input_tokens_details"))
-    output_details = _mapping(raw.get("completion_tokens_details")) or _mapping(
-        raw.get("output_tokens_details")
-    )
+    output_details = _mapping(raw.get("completion_tokens_details")) or _mapping(raw.get("output_tokens_details"))
     return Usage(
         input_tokens=_count(_first(raw, "prompt_tokens", "input_tokens")),
         output_tokens=_count(_first(raw, "completion_tokens", "output_tokens")),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any, cast
 
 from sqlalchemy import select
@@ -43,6 +44,7 @@ from downcity.ledger_types import (
     SettleResult,
     shard_of,
 )
+from downcity.metrics import Metrics, NoMetrics
 from downcity.settings import DEFAULT_HOLD_EXPIRY_S
 from downcity.store.database import Database
 from downcity.store.database import now_ms as current_ms
@@ -80,11 +82,12 @@ class Ledger:
         db: Database,
         *,
         max_batch: int = 512,
-        flush_interval_ms: float = 2.0,
+        flush_interval_ms: float = 0.0,
         group_commit: bool = True,
         hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S,
         sweep_interval_s: float | None = None,
         shard: tuple[int, int] = (0, 1),
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.max_batch = max_batch if group_commit else 1
@@ -94,6 +97,7 @@ class Ledger:
         default_interval = min(_MAX_SWEEP_INTERVAL_S, max(_MIN_SWEEP_INTERVAL_S, hold_expiry_s / 2))
         self.sweep_interval_s = sweep_interval_s if sweep_interval_s is not None else default_interval
         self.shard = shard
+        self.metrics = metrics or NoMetrics()
         self._cache: dict[str, Account] = {}
         self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -240,7 +244,12 @@ class Ledger:
                 return
             batch = [first]
             stop = await self._fill(batch) if self.group_commit else False
+            started = time.perf_counter()
             await self._process(batch)
+            elapsed = time.perf_counter() - started
+            self.metrics.ledger_batch(
+                shard=self.shard[0], ops=len(batch), queue_depth=self._queue.qsize(), commit_s=elapsed
+            )
             if stop:
                 return
 

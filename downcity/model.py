@@ -89,9 +89,7 @@ class ModelConfig(HookHost):
         object.__setattr__(self, "fallback", tuple(FallbackRule.coerce(r) for r in self.fallback))
         missing = [p for p in self.default if p not in self.pathways]
         if missing:
-            raise ValueError(
-                f"model '{self.id}' cannot be the default for {missing}: it serves {list(self.pathways)}"
-            )
+            raise ValueError(f"model '{self.id}' cannot be the default for {missing}: it serves {list(self.pathways)}")
         hold = self.hold_microcredits
         if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0):
             raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer")

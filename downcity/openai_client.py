@@ -132,9 +132,7 @@ class OpenAICompatibleClient:
         http = self._require_http()
         headers = {**self._headers(), "Accept": "text/event-stream"}
         with _mapped_transport_errors():
-            async with http.stream(
-                "POST", self.url, json=body, headers=headers, timeout=self._timeout()
-            ) as response:
+            async with http.stream("POST", self.url, json=body, headers=headers, timeout=self._timeout()) as response:
                 if not response.is_success:
                     await response.aread()
                     raise _status_error(response)
@@ -194,9 +192,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text"
-        )
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
     return ""
 
 
@@ -314,9 +310,7 @@ class ChatChunkTranslator:
         function = function if isinstance(function, Mapping) else {}
         tool = self._tools.get(index)
         if tool is None:
-            tool = _ToolCallState(
-                id=str(call.get("id") or f"call-{index}"), name=str(function.get("name") or "")
-            )
+            tool = _ToolCallState(id=str(call.get("id") or f"call-{index}"), name=str(function.get("name") or ""))
             self._tools[index] = tool
             out.append({"type": "tool-input-start", "toolCallId": tool.id, "toolName": tool.name})
         arguments = function.get("arguments")

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from downcity.ledger_types import LedgerLike as LedgerPort
-from downcity.runner import ActionRequest, OpenAIOutcome, VideoOutcome, ProviderRunner, TextOutcome
+from downcity.runner import ActionRequest, OpenAIOutcome, ProviderRunner, TextOutcome, VideoOutcome
 from downcity.types import ImageJobResult
 
 __all__ = ["LedgerPort", "LocalGateway", "ProviderGateway"]
@@ -25,15 +25,13 @@ class ProviderGateway(Protocol):
 
     async def openai(self, provider_id: str, req: ActionRequest) -> OpenAIOutcome: ...
 
-    def openai_stream(
-        self, provider_id: str, req: ActionRequest
-    ) -> AsyncIterator[bytes | dict[str, Any]]: ...
+    def openai_stream(self, provider_id: str, req: ActionRequest) -> AsyncIterator[bytes | dict[str, Any]]: ...
 
     async def image_create(self, provider_id: str, req: ActionRequest) -> ImageJobResult: ...
 
     async def image_fetch(self, provider_id: str, req: ActionRequest) -> ImageJobResult: ...
 
-    async def video(self, provider_id: str, req: ActionRequest) -> dict[str, Any]: ...
+    async def video(self, provider_id: str, req: ActionRequest) -> VideoOutcome: ...
 
 
 class LocalGateway:

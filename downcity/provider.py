@@ -173,10 +173,6 @@ def _message_texts(message: Mapping[str, Any]) -> list[str]:
         return [parts] if parts else []
     if not isinstance(parts, list):
         return []
-    texts = [
-        part.get("text")
-        for part in parts
-        if isinstance(part, Mapping) and part.get("type") in _TEXT_PART_TYPES
-    ]
+    texts = [part.get("text") for part in parts if isinstance(part, Mapping) and part.get("type") in _TEXT_PART_TYPES]
     joined = "\n".join(text for text in texts if isinstance(text, str) and text)
     return [joined] if joined else []

@@ -29,9 +29,7 @@ class ReplayStore:
         """The stored (status, body) for `key`; 409 when the key was used for another request."""
         async with self.db.connect() as conn:
             row = (
-                await conn.execute(
-                    select(idempotent_responses).where(idempotent_responses.c.idempotency_key == key)
-                )
+                await conn.execute(select(idempotent_responses).where(idempotent_responses.c.idempotency_key == key))
             ).first()
         if row is None:
             return None

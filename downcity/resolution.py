@@ -27,9 +27,7 @@ def resolve_model(federation: Federation, pathway: str, model_id: str | None) ->
     if model is None:
         raise DowncityHTTPError(422, "unknown_model", f"unknown model '{model_id}'", "model")
     if pathway not in model.pathways:
-        raise DowncityHTTPError(
-            422, "unsupported_pathway", f"model '{model_id}' does not serve '{pathway}'", "model"
-        )
+        raise DowncityHTTPError(422, "unsupported_pathway", f"model '{model_id}' does not serve '{pathway}'", "model")
     return model
 
 

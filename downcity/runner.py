@@ -114,9 +114,7 @@ class ProviderRunner:
     ) -> None:
         for model_id, model in models.items():
             if model.provider.id != provider.id:
-                raise ValueError(
-                    f"model '{model_id}' belongs to provider '{model.provider.id}', not '{provider.id}'"
-                )
+                raise ValueError(f"model '{model_id}' belongs to provider '{model.provider.id}', not '{provider.id}'")
         self.provider = provider
         self.models = dict(models)
         self.env = env
@@ -152,9 +150,7 @@ class ProviderRunner:
         """Batches of UI message stream chunks; the last batch ends with the `data-downcity-usage` chunk."""
         ctx = self._context(req, "stream")
         source = self._custom_stream(ctx) if self.provider.defines("stream") else self._default_stream(ctx)
-        batches = coalesce(
-            self._guarded(source), lambda: {"type": USAGE_CHUNK_TYPE, "data": _metering_summary(ctx)}
-        )
+        batches = coalesce(self._guarded(source), lambda: {"type": USAGE_CHUNK_TYPE, "data": _metering_summary(ctx)})
         async with closing_stream(batches):
             async for batch in batches:
                 yield batch
@@ -180,9 +176,7 @@ class ProviderRunner:
         """Streaming chat/completions: upstream SSE bytes unchanged, then one dict of usage and charge."""
         ctx = self._context(req, "openai")
         with _provider_errors(self.provider.id):
-            source = (
-                self._custom_openai_stream(ctx) if self.provider.defines("openai") else self._passthrough(ctx)
-            )
+            source = self._custom_openai_stream(ctx) if self.provider.defines("openai") else self._passthrough(ctx)
             async with closing_stream(source):
                 async for data in source:
                     yield data

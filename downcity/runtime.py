@@ -6,6 +6,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from downcity.auth import (
     AdminCredential,
@@ -18,6 +19,7 @@ from downcity.auth import (
 from downcity.cities import CityCache, CityStore
 from downcity.env import EnvCache, EnvStore
 from downcity.federation import Federation
+from downcity.metrics import Metrics, NoMetrics
 from downcity.ports import LedgerPort, ProviderGateway
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
@@ -37,6 +39,12 @@ def load_federation(path: str) -> Federation:
     if not isinstance(value, Federation):
         raise TypeError(f"{path!r} is a {type(value).__name__}, not a Federation")
     return value
+
+
+class JobsPort(Protocol):
+    """Where new image jobs are handed for polling: the JobManager in-process, or its Ray actor."""
+
+    async def notify(self, job_id: str, provider_id: str, due_ms: int) -> None: ...
 
 
 @dataclass
@@ -66,6 +74,8 @@ class Runtime:
     security: Security
     gateway: ProviderGateway
     ledger: LedgerPort
+    jobs: JobsPort | None = None
+    metrics: Metrics = field(default_factory=NoMetrics)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
@@ -76,6 +86,8 @@ class Runtime:
         *,
         gateway: ProviderGateway,
         ledger: LedgerPort,
+        jobs: JobsPort | None = None,
+        metrics: Metrics | None = None,
         db: Database | None = None,
         env: EnvCache | None = None,
     ) -> Runtime:
@@ -107,6 +119,8 @@ class Runtime:
             security=security,
             gateway=gateway,
             ledger=ledger,
+            jobs=jobs,
+            metrics=metrics or NoMetrics(),
         )
         await runtime.refresh()
         return runtime

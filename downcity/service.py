@@ -39,7 +39,5 @@ def check_defaults(models: list[ModelConfig]) -> None:
     for model in models:
         for pathway in model.default:
             if pathway in owners:
-                raise ValueError(
-                    f"models '{owners[pathway]}' and '{model.id}' are both the default for '{pathway}'"
-                )
+                raise ValueError(f"models '{owners[pathway]}' and '{model.id}' are both the default for '{pathway}'")
             owners[pathway] = model.id

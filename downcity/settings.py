@@ -11,6 +11,11 @@ DEFAULT_DATA_DIR = Path(".downcity")
 DEFAULT_TOKEN_TTL_S = 7 * 24 * 3600
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
 DEFAULT_IMAGE_MAX_PENDING_MS = 2 * 3600 * 1000
+DEFAULT_IMAGE_POLL_INTERVAL_MS = 1_000
+DEFAULT_IMAGE_BACKOFF_BASE_MS = 500
+DEFAULT_IMAGE_BACKOFF_MAX_MS = 30_000
+DEFAULT_IMAGE_FETCH_CONCURRENCY = 64
+DEFAULT_IMAGE_LEASE_MS = 90_000
 DEFAULT_HOLD_EXPIRY_S = 15 * 60
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 RAY_NAMESPACE = "downcity"
@@ -32,6 +37,11 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S
     image_max_pending_duration_ms: int = DEFAULT_IMAGE_MAX_PENDING_MS
+    image_poll_interval_ms: int = DEFAULT_IMAGE_POLL_INTERVAL_MS
+    image_backoff_base_ms: int = DEFAULT_IMAGE_BACKOFF_BASE_MS
+    image_backoff_max_ms: int = DEFAULT_IMAGE_BACKOFF_MAX_MS
+    image_fetch_concurrency: int = DEFAULT_IMAGE_FETCH_CONCURRENCY
+    image_lease_ms: int = DEFAULT_IMAGE_LEASE_MS
     ledger_shards: int = 1
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -61,8 +71,11 @@ class Settings:
             admin_key=os.environ.get("DOWNCITY_ADMIN_KEY") or None,
             max_body_bytes=_env_int("DOWNCITY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             hold_expiry_s=_env_int("DOWNCITY_HOLD_EXPIRY_S", DEFAULT_HOLD_EXPIRY_S),
-            image_max_pending_duration_ms=_env_int(
-                "DOWNCITY_IMAGE_MAX_PENDING_MS", DEFAULT_IMAGE_MAX_PENDING_MS
-            ),
+            image_max_pending_duration_ms=_env_int("DOWNCITY_IMAGE_MAX_PENDING_MS", DEFAULT_IMAGE_MAX_PENDING_MS),
+            image_poll_interval_ms=_env_int("DOWNCITY_IMAGE_POLL_INTERVAL_MS", DEFAULT_IMAGE_POLL_INTERVAL_MS),
+            image_backoff_base_ms=_env_int("DOWNCITY_IMAGE_BACKOFF_BASE_MS", DEFAULT_IMAGE_BACKOFF_BASE_MS),
+            image_backoff_max_ms=_env_int("DOWNCITY_IMAGE_BACKOFF_MAX_MS", DEFAULT_IMAGE_BACKOFF_MAX_MS),
+            image_fetch_concurrency=_env_int("DOWNCITY_IMAGE_FETCH_CONCURRENCY", DEFAULT_IMAGE_FETCH_CONCURRENCY),
+            image_lease_ms=_env_int("DOWNCITY_IMAGE_LEASE_MS", DEFAULT_IMAGE_LEASE_MS),
             ledger_shards=_env_int("DOWNCITY_LEDGER_SHARDS", 1),
         )

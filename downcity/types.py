@@ -47,9 +47,7 @@ class ToolCallPart(_Part):
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
 
-UIPart = Annotated[
-    TextPart | ReasoningPart | FilePart | ToolCallPart, Field(discriminator="type")
-]
+UIPart = Annotated[TextPart | ReasoningPart | FilePart | ToolCallPart, Field(discriminator="type")]
 
 
 class UIMessage(BaseModel):

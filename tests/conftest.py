@@ -15,8 +15,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from downcity.serving import apply_throughput_mode
 from downcity.store import Database
 
+
+def serve_port_base(slot: int) -> int:
+    """Serve's internal ports for cluster `slot` of this run: below the ephemeral range, apart per slot and run."""
+    return 10_000 + (os.getpid() % 7) * 3_000 + slot * 700
+
+
 # Serve reads its mode at import time in every Ray process: set it before anything imports Ray.
-apply_throughput_mode(port_base=10_000 + (os.getpid() % 30) * 700)
+apply_throughput_mode(port_base=serve_port_base(0))
 
 PG_ADMIN_URL = os.environ.get("DOWNCITY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -23,11 +23,20 @@ from downcity.client._models import (
 )
 from downcity.client._sync import SyncClient, SyncNamespace
 
+# Epoch ms, an ISO-8601 date or time (UTC when naive), or a duration ago such as "24h" or "7d".
+TimeFilter = int | str | None
+GroupBy = Literal["city", "user", "model", "day"]
+
 
 def _usage_filters(
-    city_id: str | None, user_id: str | None, model: str | None, since: int | None, until: int | None
+    city_id: str | None,
+    user_id: str | None,
+    model: str | None,
+    status: str | None,
+    since: TimeFilter,
+    until: TimeFilter,
 ) -> dict[str, Any]:
-    return {"city_id": city_id, "user_id": user_id, "model": model, "since": since, "until": until}
+    return {"city_id": city_id, "user_id": user_id, "model": model, "status": status, "since": since, "until": until}
 
 
 class TokensResource(SyncNamespace):
@@ -105,33 +114,36 @@ class BalanceResource(SyncNamespace):
 
 
 class UsageResource(SyncNamespace):
-    """`admin.usage`: usage records and aggregates (`since`/`until` in epoch ms)."""
+    """`admin.usage`: usage records and totals; `since` is inclusive, `until` exclusive."""
 
     def list(
         self,
         city_id: str | None = None,
         user_id: str | None = None,
         model: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
+        status: str | None = None,
+        since: TimeFilter = None,
+        until: TimeFilter = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
-        """Usage records matching the filters, newest first."""
-        filters = _usage_filters(city_id, user_id, model, since, until)
+        """Usage records matching every given filter, newest first."""
+        filters = _usage_filters(city_id, user_id, model, status, since, until)
         return self._transport.call(ops.list_usage({**filters, "limit": limit}))
 
     def summary(
         self,
-        group_by: str = "model",
+        group_by: GroupBy = "model",
         city_id: str | None = None,
         user_id: str | None = None,
         model: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
+        status: str | None = None,
+        since: TimeFilter = None,
+        until: TimeFilter = None,
+        limit: int = 100,
     ) -> builtins.list[UsageSummaryRow]:
-        """Usage totals grouped by `group_by`."""
-        filters = _usage_filters(city_id, user_id, model, since, until)
-        return self._transport.call(ops.usage_summary({**filters, "group_by": group_by}))
+        """Requests, errors, tokens and credits per group: newest day first, else biggest spenders first."""
+        filters = _usage_filters(city_id, user_id, model, status, since, until)
+        return self._transport.call(ops.usage_summary({**filters, "group_by": group_by, "limit": limit}))
 
 
 class JobsResource(SyncNamespace):
@@ -249,33 +261,36 @@ class AsyncBalanceResource(AsyncNamespace):
 
 
 class AsyncUsageResource(AsyncNamespace):
-    """`admin.usage`: usage records and aggregates (`since`/`until` in epoch ms)."""
+    """`admin.usage`: usage records and totals; `since` is inclusive, `until` exclusive."""
 
     async def list(
         self,
         city_id: str | None = None,
         user_id: str | None = None,
         model: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
+        status: str | None = None,
+        since: TimeFilter = None,
+        until: TimeFilter = None,
         limit: int = 100,
     ) -> list[UsageRecord]:
-        """Usage records matching the filters, newest first."""
-        filters = _usage_filters(city_id, user_id, model, since, until)
+        """Usage records matching every given filter, newest first."""
+        filters = _usage_filters(city_id, user_id, model, status, since, until)
         return await self._transport.call(ops.list_usage({**filters, "limit": limit}))
 
     async def summary(
         self,
-        group_by: str = "model",
+        group_by: GroupBy = "model",
         city_id: str | None = None,
         user_id: str | None = None,
         model: str | None = None,
-        since: int | None = None,
-        until: int | None = None,
+        status: str | None = None,
+        since: TimeFilter = None,
+        until: TimeFilter = None,
+        limit: int = 100,
     ) -> builtins.list[UsageSummaryRow]:
-        """Usage totals grouped by `group_by`."""
-        filters = _usage_filters(city_id, user_id, model, since, until)
-        return await self._transport.call(ops.usage_summary({**filters, "group_by": group_by}))
+        """Requests, errors, tokens and credits per group: newest day first, else biggest spenders first."""
+        filters = _usage_filters(city_id, user_id, model, status, since, until)
+        return await self._transport.call(ops.usage_summary({**filters, "group_by": group_by, "limit": limit}))
 
 
 class AsyncJobsResource(AsyncNamespace):

@@ -86,30 +86,37 @@ class EnvEntry(_Result):
 
 
 class UsageRecord(_Result):
-    """One recorded call; only the request id is guaranteed, other columns may be filtered out."""
+    """One recorded call: `status` is ok, error, refused (before any provider work) or cancelled."""
 
     request_id: str
-    city_id: str | None = None
-    user_id: str | None = None
-    pathway: str | None = None
+    city_id: str
+    user_id: str
+    pathway: str
     model_id: str | None = None
-    status: str | None = None
-    http_status: int | None = None
+    provider_id: str | None = None
+    fallback_from: str | None = None
+    status: str
+    http_status: int
     error_type: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    duration_ms: int = 0
+    ttfb_ms: int | None = None
     charge_microcredits: int = 0
-    duration_ms: int | None = None
-    created_at_ms: int | None = None
+    created_at_ms: int
 
 
 class UsageSummaryRow(_Result):
-    """Usage aggregated over one group (`key` is the model, city or user the rows were grouped by)."""
+    """Totals of one group: `key` is the city id, user id, model id or UTC day (`YYYY-MM-DD`)."""
 
     key: str | None = None
-    calls: int = 0
+    requests: int = 0
+    errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    total_tokens: int = 0
     charge_microcredits: int = 0
 
 

@@ -139,9 +139,9 @@ def my_balance() -> Operation[Balance]:
     return _get("/v1/balance/me", Balance.model_validate)
 
 
-def my_usage(limit: int) -> Operation[list[UsageRecord]]:
+def my_usage(filters: Mapping[str, Any]) -> Operation[list[UsageRecord]]:
     """GET /v1/usage/me."""
-    return _get("/v1/usage/me", _items(UsageRecord), {"limit": limit})
+    return _get("/v1/usage/me", _items(UsageRecord), filters)
 
 
 def apply_token(

@@ -95,9 +95,18 @@ class UserClient(SyncClient):
         """The caller's balance."""
         return self._transport.call(ops.my_balance())
 
-    def usage(self, limit: int = 50) -> list[UsageRecord]:
-        """The caller's most recent usage records."""
-        return self._transport.call(ops.my_usage(limit))
+    def usage(
+        self,
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        since: int | str | None = None,
+        until: int | str | None = None,
+        limit: int = 50,
+    ) -> list[UsageRecord]:
+        """The caller's own usage records in its city, newest first (`since`/`until` as in `admin.usage`)."""
+        filters = {"model": model, "status": status, "since": since, "until": until, "limit": limit}
+        return self._transport.call(ops.my_usage(filters))
 
 
 class AsyncAIResource(AsyncNamespace):
@@ -172,6 +181,15 @@ class AsyncUserClient(AsyncClient):
         """The caller's balance."""
         return await self._transport.call(ops.my_balance())
 
-    async def usage(self, limit: int = 50) -> list[UsageRecord]:
-        """The caller's most recent usage records."""
-        return await self._transport.call(ops.my_usage(limit))
+    async def usage(
+        self,
+        *,
+        model: str | None = None,
+        status: str | None = None,
+        since: int | str | None = None,
+        until: int | str | None = None,
+        limit: int = 50,
+    ) -> list[UsageRecord]:
+        """The caller's own usage records in its city, newest first (`since`/`until` as in `admin.usage`)."""
+        filters = {"model": model, "status": status, "since": since, "until": until, "limit": limit}
+        return await self._transport.call(ops.my_usage(filters))

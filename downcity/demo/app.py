@@ -18,8 +18,7 @@ _ANNOUNCEMENT = dumps(
     {
         "demo": True,
         "name": "downcity-demo-upstream",
-        "message": "DEMO upstream: deterministic fake replies for demos, tests and benchmarks. "
-        "Not a real AI provider.",
+        "message": "DEMO upstream: deterministic fake replies for demos, tests and benchmarks. Not a real AI provider.",
         "routes": [
             "POST /v1/chat/completions",
             "POST /v1/images/jobs",

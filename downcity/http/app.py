@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from downcity.http.errors import install_error_handlers
 from downcity.http.limits import BodySizeLimit
-from downcity.http.routes import ai, balance, cities, env, public, tokens
+from downcity.http.routes import ai, balance, cities, env, images, jobs, public, tokens, usage
 from downcity.runtime import Runtime
 
 
@@ -26,12 +26,10 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
             if manage_runtime:
                 await runtime.stop()
 
-    app = FastAPI(
-        title="Downcity", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json"
-    )
+    app = FastAPI(title="Downcity", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (public, ai, balance, cities, tokens, env):
+    for module in (public, ai, images, balance, cities, tokens, env, usage, jobs):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
     return app

@@ -31,9 +31,7 @@ class ServedApp:
         """A fresh city (unless given) and user with `credit` microcredits; returns (city_id, user_id, token)."""
         if city_id is None:
             city_id = f"c{uuid.uuid4().hex[:10]}"
-            created = await self.admin.post(
-                "/v1/cities/create", json={"name": "Test city", "city_id": city_id}
-            )
+            created = await self.admin.post("/v1/cities/create", json={"name": "Test city", "city_id": city_id})
             assert created.status_code == 200, created.text
         user_id = f"u{uuid.uuid4().hex[:10]}"
         if credit:
@@ -86,9 +84,7 @@ async def served(
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=30
     ) as admin:
-        stored = await admin.post(
-            "/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-example-key-123456"}
-        )
+        stored = await admin.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-example-key-123456"})
         assert stored.status_code == 200, stored.text
         await asyncio.sleep(1.5)  # provider replicas poll the env version every second
         yield ServedApp(url=url, database_url=database_url, admin=admin)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.integration.conftest import ServedApp
-from tests.integration.test_ai_routes import user_client, usage_rows
+from tests.integration.test_ai_routes import usage_rows, user_client
 
 pytestmark = pytest.mark.ray
 
@@ -32,7 +32,7 @@ async def test_video_on_a_model_without_video_is_422(served: ServedApp) -> None:
 
 
 async def test_upstream_timeout_is_504_and_releases_the_hold(served: ServedApp) -> None:
-    _, user_id, token = await served.new_user(credit=100_000)
+    _, _, token = await served.new_user(credit=100_000)
     async with user_client(served, token) as client:
         response = await client.post("/v1/ai/text", json={"prompt": "slow [[sleep:3000]]"})
         balance = await client.get("/v1/balance/me")
@@ -45,13 +45,13 @@ async def test_upstream_timeout_is_504_and_releases_the_hold(served: ServedApp) 
 async def test_client_disconnect_mid_stream_releases_the_hold_and_records_a_cancelled_call(served: ServedApp) -> None:
     _, user_id, token = await served.new_user(credit=100_000)
     words = " ".join(f"w{i}" for i in range(40))
-    async with user_client(served, token) as client:
-        async with client.stream("POST", "/v1/ai/stream", json={"prompt": f"{words} [[slow-stream:100]]"}) as response:
-            received = 0
-            async for _ in response.aiter_lines():
-                received += 1
-                if received >= 4:
-                    break
+    body = {"prompt": f"{words} [[slow-stream:100]]"}
+    async with user_client(served, token) as client, client.stream("POST", "/v1/ai/stream", json=body) as response:
+        received = 0
+        async for _ in response.aiter_lines():
+            received += 1
+            if received >= 4:
+                break
     rows: list[dict[str, object]] = []
     for _ in range(50):
         rows = await usage_rows(served, user_id)

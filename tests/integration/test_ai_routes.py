@@ -27,9 +27,7 @@ async def usage_rows(app: ServedApp, user_id: str) -> list[dict[str, object]]:
     try:
         async with db.connect() as conn:
             rows = await conn.execute(
-                select(usage_records)
-                .where(usage_records.c.user_id == user_id)
-                .order_by(usage_records.c.created_at_ms)
+                select(usage_records).where(usage_records.c.user_id == user_id).order_by(usage_records.c.created_at_ms)
             )
             return [dict(row._mapping) for row in rows]
     finally:
@@ -43,7 +41,7 @@ def sse_events(body: str) -> list[str]:
 async def test_health_reports_the_federation(served: ServedApp) -> None:
     response = await served.admin.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "federation": "example", "models": 4}
+    assert response.json() == {"status": "ok", "federation": "example", "models": 5}
 
 
 async def test_models_lists_public_fields_only(served: ServedApp) -> None:
@@ -52,7 +50,7 @@ async def test_models_lists_public_fields_only(served: ServedApp) -> None:
         response = await client.get("/v1/ai/models")
     assert response.status_code == 200
     items = {item["id"]: item for item in response.json()["items"]}
-    assert set(items) == {"deepseek-chat", "deepseek-vl", "reverse", "deepseek-image"}
+    assert set(items) == {"deepseek-chat", "deepseek-vl", "deepseek-flat", "reverse", "deepseek-image"}
     assert "base_url" not in json.dumps(items)
     assert items["deepseek-chat"]["default_for"] == ["text", "stream", "openai"]
 
@@ -232,9 +230,7 @@ async def test_failure_mid_stream_ends_with_an_error_event_not_a_finish(served: 
 async def test_bad_input_gets_a_4xx_json_error(served: ServedApp, body: bytes) -> None:
     _, _, token = await served.new_user()
     async with user_client(served, token) as client:
-        response = await client.post(
-            "/v1/ai/text", content=body, headers={"content-type": "application/json"}
-        )
+        response = await client.post("/v1/ai/text", content=body, headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
     assert set(response.json()["error"]) >= {"type", "message"}
 

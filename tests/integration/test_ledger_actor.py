@@ -30,7 +30,7 @@ _CREATE_FROM_ANOTHER_JOB = """
 import sys, ray
 ray.init(address=sys.argv[1], namespace="downcity", log_to_driver=False)
 from actors.ledger import get_ledger
-ray.get(get_ledger(sys.argv[2]).handles[0].ping.remote())
+ray.get(get_ledger(sys.argv[2], name=sys.argv[3]).handles[0].ping.remote())
 """
 
 ClientFactory = Callable[[str], LedgerClient]
@@ -75,14 +75,16 @@ async def test_the_ledger_actor_is_named_and_detached_in_the_downcity_namespace(
 ) -> None:
     gcs_address = ray.get_runtime_context().gcs_address
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-c", _CREATE_FROM_ANOTHER_JOB, gcs_address, database_url]
+    # A versioned name of our own: the deployed app in this session owns the production name.
+    name = f"{LEDGER_ACTOR_NAME}-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-c", _CREATE_FROM_ANOTHER_JOB, gcs_address, database_url, name]
     finished = await asyncio.to_thread(
         subprocess.run, command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
     )
-    client = ledger_client(LEDGER_ACTOR_NAME)
+    client = ledger_client(name)
     assert finished.returncode == 0, finished.stderr
     # The creating job has exited: only a detached actor is still there, under its name and namespace.
-    survivor = ray.get_actor(LEDGER_ACTOR_NAME, namespace="downcity")
+    survivor = ray.get_actor(name, namespace="downcity")
     assert await survivor.ping.remote() == database_url
     assert client.handles[0] == survivor
 

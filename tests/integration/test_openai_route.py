@@ -28,9 +28,9 @@ async def test_openai_client_non_streaming_passthrough(served: ServedApp) -> Non
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (2, 3)
     rows = await usage_rows(served, user_id)
-    assert [
-        (r["pathway"], r["input_tokens"], r["output_tokens"], r["charge_microcredits"]) for r in rows
-    ] == [("openai", 2, 3, 2 + 3 * 3)]
+    assert [(r["pathway"], r["input_tokens"], r["output_tokens"], r["charge_microcredits"]) for r in rows] == [
+        ("openai", 2, 3, 2 + 3 * 3)
+    ]
 
 
 async def test_openai_client_streaming_passthrough(served: ServedApp) -> None:
@@ -51,9 +51,7 @@ async def test_openai_client_streaming_passthrough(served: ServedApp) -> None:
     ]
 
 
-async def test_streaming_passthrough_forwards_upstream_bytes_unchanged(
-    served: ServedApp, demo_upstream: str
-) -> None:
+async def test_streaming_passthrough_forwards_upstream_bytes_unchanged(served: ServedApp, demo_upstream: str) -> None:
     _, _, token = await served.new_user(credit=100_000)
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "x y"}], "stream": True}
     async with httpx.AsyncClient(timeout=30) as http:

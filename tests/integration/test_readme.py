@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from downcity.serving import free_port
+from tests.conftest import serve_port_base
 
 pytestmark = pytest.mark.ray
 
@@ -55,7 +56,7 @@ def running_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
     workdir = tmp_path_factory.mktemp("fresh-checkout")
     port, demo_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DOWNCITY_", "RAY_"))} | {
-        "DOWNCITY_SERVE_PORT_BASE": str(40_000 + (os.getpid() % 20) * 700),
+        "DOWNCITY_SERVE_PORT_BASE": str(serve_port_base(1)),
         "COLUMNS": "400",
     }
     process = subprocess.Popen(
@@ -87,9 +88,7 @@ def test_up_demo_prints_a_token_and_the_printed_curl_works(running_demo: Running
 def test_up_demo_printed_openai_example_works(running_demo: RunningDemo) -> None:
     command = next(line for line in running_demo.printed if line.startswith("python -c "))
     argv = shlex.split(command)
-    result = subprocess.run(
-        [sys.executable, *argv[1:]], capture_output=True, text=True, timeout=30, check=True
-    )
+    result = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=30, check=True)
     assert result.stdout.strip() == "Echo: Hello Downcity"
 
 
@@ -109,10 +108,6 @@ def test_readme_curl_example_works(running_demo: RunningDemo) -> None:
 
 def test_readme_python_example_works(running_demo: RunningDemo) -> None:
     (block,) = readme_blocks("python")
-    script = f"USER_TOKEN = {running_demo.token!r}\n" + block.replace(
-        "http://127.0.0.1:8000", running_demo.url
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
-    )
+    script = f"USER_TOKEN = {running_demo.token!r}\n" + block.replace("http://127.0.0.1:8000", running_demo.url)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True)
     assert result.stdout.strip() == "Echo: Hello"

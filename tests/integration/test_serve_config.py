@@ -70,13 +70,17 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory, demo_upstream: str) -> I
 def test_serve_run_serves_the_example_federation_end_to_end(serve_run: str) -> None:
     admin = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
     with httpx.Client(base_url=serve_run, headers=admin, timeout=30) as client:
-        assert client.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-serve-run-1"}).status_code == 200
+        assert (
+            client.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-serve-run-1"}).status_code == 200
+        )
         assert client.post("/v1/cities/create", json={"name": "Serve run", "city_id": "serve-run"}).status_code == 200
         credit = {"user_id": "u1", "amount_microcredits": 50_000, "idempotency_key": "serve-run-seed"}
         assert client.post("/v1/balance/credit", json=credit).status_code == 200
         token = client.post("/v1/tokens/apply", json={"city_id": "serve-run", "user_id": "u1"}).json()["user_token"]
         time.sleep(1.5)
-        reply = client.post("/v1/ai/text", json={"prompt": "from serve run"}, headers={"Authorization": f"Bearer {token}"})
+        reply = client.post(
+            "/v1/ai/text", json={"prompt": "from serve run"}, headers={"Authorization": f"Bearer {token}"}
+        )
     assert reply.status_code == 200, reply.text
     assert reply.json()["parts"][0]["text"] == "Echo: from serve run"
 

@@ -91,9 +91,7 @@ async def poll_statuses(client: httpx.AsyncClient, job_id: str, polls: int) -> l
     statuses = []
     for _ in range(polls):
         response = await client.get(f"/images/jobs/{job_id}")
-        statuses.append(
-            str(response.status_code) if response.status_code != 200 else response.json()["status"]
-        )
+        statuses.append(str(response.status_code) if response.status_code != 200 else response.json()["status"])
     return statuses
 
 
@@ -149,9 +147,7 @@ async def test_official_openai_client_reads_replies_and_streamed_usage(upstream:
     chunks = [chunk async for chunk in stream]
     await openai.close()
     assert completion.choices[0].message.content == "Echo: hello world"
-    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == (
-        "Echo: hello world"
-    )
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == ("Echo: hello world")
     assert chunks[-1].usage is not None
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (2, 3)
 
@@ -193,9 +189,7 @@ async def test_requests_without_a_bearer_key_get_401(
         ([1, 2], "body"),
     ],
 )
-async def test_invalid_chat_bodies_get_400_naming_the_field(
-    client: httpx.AsyncClient, body: Any, field: str
-) -> None:
+async def test_invalid_chat_bodies_get_400_naming_the_field(client: httpx.AsyncClient, body: Any, field: str) -> None:
     response = await client.post("/chat/completions", json=body)
     assert response.status_code == 400
     assert (response.json()["error"]["type"], response.json()["error"]["param"]) == (
@@ -293,9 +287,7 @@ async def test_malformed_marker_breaks_the_stream_after_two_chunks(client: httpx
 async def test_drop_marker_closes_the_stream_after_two_chunks(client: httpx.AsyncClient) -> None:
     lines: list[str] = []
     with pytest.raises(httpx.RemoteProtocolError):
-        async with client.stream(
-            "POST", "/chat/completions", json=chat_body("a b c [[drop]]", stream=True)
-        ) as r:
+        async with client.stream("POST", "/chat/completions", json=chat_body("a b c [[drop]]", stream=True)) as r:
             async for line in r.aiter_lines():
                 if line:
                     lines.append(line)
@@ -306,9 +298,7 @@ async def test_drop_marker_closes_the_stream_after_two_chunks(client: httpx.Asyn
 async def test_slow_stream_marker_spaces_the_chunks(client: httpx.AsyncClient) -> None:
     arrivals: list[float] = []
     payloads: list[str] = []
-    async with client.stream(
-        "POST", "/chat/completions", json=chat_body("a [[slow-stream:60]]", stream=True)
-    ) as r:
+    async with client.stream("POST", "/chat/completions", json=chat_body("a [[slow-stream:60]]", stream=True)) as r:
         async for line in r.aiter_lines():
             if line:
                 arrivals.append(time.perf_counter())
@@ -375,9 +365,7 @@ async def test_poll_after_marker_sets_poll_after_ms(client: httpx.AsyncClient) -
     assert (job["poll_after_ms"], running["poll_after_ms"]) == (750, 750)
 
 
-async def test_demo_jobs_reports_poll_count_and_poll_times(
-    client: httpx.AsyncClient, upstream: DemoUpstream
-) -> None:
+async def test_demo_jobs_reports_poll_count_and_poll_times(client: httpx.AsyncClient, upstream: DemoUpstream) -> None:
     job = await create_job(client, "a cat [[image-flaky:1]]")
     before = time.time_ns() // 1_000_000
     await poll_statuses(client, job["id"], 3)

@@ -140,9 +140,7 @@ async def test_cache_refresh_without_a_change_does_not_reload(store: EnvStore) -
     assert await cache.refresh() is False
 
 
-async def test_cache_falls_back_to_the_process_environment(
-    store: EnvStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_cache_falls_back_to_the_process_environment(store: EnvStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FROM_PROCESS_KEY", "process-value")
     cache = EnvCache(store)
     await cache.refresh()

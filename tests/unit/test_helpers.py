@@ -174,9 +174,7 @@ def test_normalize_openai_chat_usage() -> None:
         "prompt_tokens_details": {"cached_tokens": 4},
         "completion_tokens_details": {"reasoning_tokens": 6},
     }
-    assert normalize_ai_usage(raw) == Usage(
-        input_tokens=10, output_tokens=20, cached_tokens=4, reasoning_tokens=6
-    )
+    assert normalize_ai_usage(raw) == Usage(input_tokens=10, output_tokens=20, cached_tokens=4, reasoning_tokens=6)
 
 
 def test_normalize_input_output_usage() -> None:
@@ -186,9 +184,7 @@ def test_normalize_input_output_usage() -> None:
         "input_tokens_details": {"cached_tokens": 1},
         "output_tokens_details": {"reasoning_tokens": 1},
     }
-    assert normalize_ai_usage(raw) == Usage(
-        input_tokens=8, output_tokens=2, cached_tokens=1, reasoning_tokens=1
-    )
+    assert normalize_ai_usage(raw) == Usage(input_tokens=8, output_tokens=2, cached_tokens=1, reasoning_tokens=1)
 
 
 def test_normalize_usage_ignores_missing_and_bad_values() -> None:

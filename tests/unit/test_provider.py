@@ -117,9 +117,7 @@ def test_fallback_dict_without_model_is_rejected() -> None:
 
 def test_to_public_hides_upstream_details() -> None:
     provider = Compat("compat", base_url="https://secret.test", env_key="KEY")
-    model = provider.model(
-        "m", name="M", description="d", default=["text"], upstream_model="up-1", media=["image/*"]
-    )
+    model = provider.model("m", name="M", description="d", default=["text"], upstream_model="up-1", media=["image/*"])
     assert model.to_public() == {
         "id": "m",
         "name": "M",
@@ -160,19 +158,11 @@ def test_model_hooks_register_by_decorator() -> None:
     [
         ({"prompt": "draw a cat"}, "draw a cat"),
         (
-            {
-                "messages": [
-                    {"role": "user", "parts": [{"type": "text", "text": "a"}, {"type": "file", "url": "u"}]}
-                ]
-            },
+            {"messages": [{"role": "user", "parts": [{"type": "text", "text": "a"}, {"type": "file", "url": "u"}]}]},
             "a",
         ),
         (
-            {
-                "messages": [
-                    {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url"}]}
-                ]
-            },
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url"}]}]},
             "b",
         ),
         ({"messages": [{"role": "system", "content": "be brief"}], "prompt": "c"}, "be brief\nc"),

@@ -260,9 +260,7 @@ async def test_provider_exception_is_502_without_its_message() -> None:
 
 
 async def test_default_stream_yields_ui_chunks_then_usage(respx_mock: respx.MockRouter) -> None:
-    body = sse(
-        delta(role="assistant", content=""), delta(content="Hel"), delta(content="lo"), USAGE_EVENT, "[DONE]"
-    )
+    body = sse(delta(role="assistant", content=""), delta(content="Hel"), delta(content="lo"), USAGE_EVENT, "[DONE]")
     respx_mock.post(CHAT_URL).mock(return_value=httpx.Response(200, content=body))
     batches = await collect(runner_for(chat).stream(request("chat")))
     chunks = [chunk for batch in batches for chunk in batch]
@@ -450,9 +448,7 @@ async def test_custom_openai_overrides_passthrough() -> None:
 
 async def test_custom_openai_stream_yields_its_bytes_then_usage() -> None:
     provider = CustomOpenAI("own-openai-stream")
-    items = [
-        i async for i in runner_for(provider.model("own-s")).openai_stream(request("own-s", stream=True))
-    ]
+    items = [i async for i in runner_for(provider.model("own-s")).openai_stream(request("own-s", stream=True))]
     assert items[0] == b"data: custom\n\n"
     assert isinstance(items[1], dict) and items[1]["usage"]["input_tokens"] == 1
 
@@ -488,12 +484,14 @@ async def test_image_fetch_without_job_is_422() -> None:
 
 class Video(Provider):
     async def video(self, ctx: Context) -> dict[str, Any]:
+        ctx.metering.set_charge(ChargeDraft(amount_microcredits=7_000))
         return {"video_url": f"https://cdn.test/{ctx.input['prompt']}.mp4"}
 
 
-async def test_video_returns_the_provider_result() -> None:
+async def test_video_returns_the_provider_result_and_its_metered_charge() -> None:
     result = await runner_for(Video("video").model("vid")).video(request("vid", prompt="waves"))
-    assert result == {"video_url": "https://cdn.test/waves.mp4"}
+    assert result.body == {"video_url": "https://cdn.test/waves.mp4"}
+    assert result.charge == ChargeDraft(amount_microcredits=7_000)
 
 
 def test_runner_refuses_models_of_another_provider() -> None:

@@ -59,9 +59,7 @@ async def text(
     replays = ReplayStore(runtime.db) if idempotency_key else None
     digest = request_hash(payload)
     if replays is not None and idempotency_key is not None:
-        stored = await replays.get(
-            f"text:{caller.city_id}:{caller.user_id}:{idempotency_key}", caller.user_id, digest
-        )
+        stored = await replays.get(f"text:{caller.city_id}:{caller.user_id}:{idempotency_key}", caller.user_id, digest)
         if stored is not None:
             return JSONResponse(stored[1], status_code=stored[0], headers={"idempotent-replayed": "true"})
     call = await begin_call(runtime, caller, "text", payload, idempotency_key)

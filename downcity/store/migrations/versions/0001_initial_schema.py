@@ -113,9 +113,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "ledger_entries",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("idempotency_key", sa.String(length=200), nullable=False),
         sa.Column("user_id", sa.String(length=200), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -190,9 +188,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("request_id"),
     )
     with op.batch_alter_table("usage_records", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_usage_city_user_created", ["city_id", "user_id", "created_at_ms"], unique=False
-        )
+        batch_op.create_index("ix_usage_city_user_created", ["city_id", "user_id", "created_at_ms"], unique=False)
         batch_op.create_index("ix_usage_created", ["created_at_ms"], unique=False)
 
 

@@ -1,0 +1,104 @@
+"""Creating an image job: model, hooks, the provider's `image_create` and the stored `async_jobs` row.
+
+Shared by `POST /v1/ai/image/create` and the JobManager actor's `submit` (batch generation). Creating a job
+never bills: the JobManager bills its first success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from downcity.context import CityInfo, Context, UserInfo
+from downcity.errors import insufficient_balance
+from downcity.federation import Federation
+from downcity.hooks import run_before
+from downcity.job_store import JobRecord, JobStore, outcome_fields
+from downcity.ports import LedgerPort, ProviderGateway
+from downcity.resolution import resolve_model
+from downcity.runner import ActionRequest
+from downcity.store.database import now_ms
+from downcity.types import TERMINAL_JOB_STATUSES, ImageJobResult
+
+
+def new_job_id() -> str:
+    """A fresh job id."""
+    return f"job_{uuid.uuid4().hex}"
+
+
+def job_key(city_id: str, user_id: str, client_key: str) -> str:
+    """The stored idempotency key of a create: the client's key scoped to its owner, at a fixed length."""
+    digest = hashlib.sha256(f"{city_id}\0{user_id}\0{client_key}".encode()).hexdigest()
+    return f"image:{digest}"
+
+
+async def submit_image_job(
+    federation: Federation,
+    gateway: ProviderGateway,
+    ledger: LedgerPort,
+    store: JobStore,
+    *,
+    user: UserInfo,
+    city: CityInfo,
+    body: dict[str, Any],
+    client_key: str | None = None,
+    default_poll_ms: int = 1_000,
+) -> JobRecord:
+    """Resolve the model, run `before` hooks, call `image_create` and store the job.
+
+    A billable model needs a positive available balance. With `client_key`, a repeat returns the job the
+    first call stored, without calling the provider again.
+    """
+    key = job_key(city.city_id, user.user_id, client_key) if client_key else None
+    if key is not None:
+        existing = await store.get_by_key(key)
+        if existing is not None:
+            return existing
+    model = resolve_model(federation, "image", body.get("model"))
+    job_id = new_job_id()
+    ctx = Context(input=dict(body), user=user, city=city, model=model, pathway="image", request_id=job_id)
+    await run_before(ctx, federation.hook_chain(model))
+    billable = model.bill is not None or model.provider.has_bill
+    if billable and (await ledger.balance(user.user_id)).available <= 0:
+        raise insufficient_balance("balance is empty")
+    request = ActionRequest(
+        request_id=job_id,
+        pathway="image",
+        model_id=model.id,
+        input=ctx.input,
+        user=user,
+        city=city,
+        locals=ctx.locals,
+    )
+    created = await gateway.image_create(model.provider.id, request)
+    record = _new_record(ctx, created, key, default_poll_ms)
+    return await store.insert(record)
+
+
+def _new_record(ctx: Context, created: ImageJobResult, key: str | None, default_poll_ms: int) -> JobRecord:
+    now = now_ms()
+    outcome = outcome_fields(created)
+    terminal = outcome["status"] in TERMINAL_JOB_STATUSES
+    poll_after = created.poll_after_ms if created.poll_after_ms is not None else default_poll_ms
+    return JobRecord(
+        job_id=ctx.request_id,
+        idempotency_key=key,
+        input=ctx.input,
+        state={
+            "provider_job_id": created.job_id,
+            "metadata": created.metadata,
+            "user_metadata": ctx.user.metadata,
+        },
+        city_id=ctx.city.city_id,
+        user_id=ctx.user.user_id,
+        model_id=ctx.model.id,
+        provider_id=ctx.model.provider.id,
+        poll_after_ms=created.poll_after_ms,
+        # A job terminal at creation is due at once, for the JobManager to bill or record it.
+        next_poll_at_ms=now if terminal else now + poll_after,
+        created_at_ms=now,
+        updated_at_ms=now,
+        finished_at_ms=now if terminal else None,
+        **outcome,
+    )
