@@ -128,7 +128,7 @@ def generate_images(
     """
     if max_tasks < 1:
         raise ValueError("max_tasks must be at least 1")
-    handle = manager if manager is not None else ray.get_actor(JOB_MANAGER_NAME, namespace=RAY_NAMESPACE)
+    handle = manager if manager is not None else _job_manager()
     batch = batch_id or uuid.uuid4().hex
     items = [{"index": i, "prompt": p, "key": f"batch:{batch}:{i}"} for i, p in enumerate(prompts)]
     request = {
@@ -144,6 +144,16 @@ def generate_images(
     }
     done = _collect(chunks, len(items), progress)
     return [done.get(i) or _lost(item) for i, item in enumerate(items)]
+
+
+def _job_manager() -> ActorHandle[Any]:
+    try:
+        handle: ActorHandle[Any] = ray.get_actor(JOB_MANAGER_NAME, namespace=RAY_NAMESPACE)
+    except ValueError:
+        raise RuntimeError(
+            f"no JobManager actor {JOB_MANAGER_NAME!r} in namespace {RAY_NAMESPACE!r}: deploy the app first"
+        ) from None
+    return handle
 
 
 def _collect(chunks: dict[Any, list[dict[str, Any]]], total: int, progress: bool) -> dict[int, BatchItem]:

@@ -1,12 +1,14 @@
 """The `JobManager`: polls every unfinished image job to a terminal state and bills its first success.
 
-It keeps a due-time index (a heap) of every job that still has work, sleeps until the earliest
-is due and leases a job in the database before calling the provider's `image_fetch`, so two managers (or a
-retried call) never poll one job at once. It honours the provider's `poll_after_ms`, backs off
-exponentially with jitter after errors, caps concurrent fetches per provider and fails jobs pending past
-`image_max_pending_duration_ms` without calling the provider. A job's first success is stored first and
-billed after, through the Ledger under the key `image:<job_id>`, so a repeat never bills twice and a crash
-between the two is finished on recovery (see `downcity.job_store` for the work marker).
+It keeps a due-time index (a heap) of every job that still has work and sleeps until the earliest is due,
+so thousands of waiting jobs cost nothing. Due jobs queue per provider; up to the provider's concurrency cap
+they are leased in the database (one statement for all jobs due together) before the provider's
+`image_fetch` is called, so two managers (or a retried call) never poll one job at once. Poll results are
+written in group commits. It honours the provider's `poll_after_ms`, backs off exponentially with jitter
+after errors and fails jobs pending past `image_max_pending_duration_ms` without calling the provider. A
+job's first success is stored first and billed after, through the Ledger under the key `image:<job_id>`, so
+a repeat never bills twice and a crash between the two is finished on recovery (see `downcity.job_store`
+for the work marker).
 """
 
 from __future__ import annotations
