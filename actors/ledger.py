@@ -55,7 +55,7 @@ ACTOR_OPTIONS: dict[str, Any] = {
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 1.0
 _MAX_CALLS_PER_TRIP = 2048
-_TRIPS_IN_FLIGHT = 2
+_TRIPS_IN_FLIGHT = 4
 _RETRIED = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
