@@ -112,7 +112,7 @@ async def _ui_stream(call: Call) -> AsyncIterator[bytes]:
 
 
 async def _settle_disconnect(call: Call, partial_text: str) -> None:
-    """Client went away: settle what the upstream reported, else release the hold (see docs/billing.md)."""
+    """Client went away: settle what the upstream reported, else release the hold (see docs/operators/billing.md)."""
     if call.ctx.metering.usage.total_tokens > 0 or call.ctx.metering.charge is not None:
         await call.succeed(build_assistant_message(partial_text, id=call.request_id))
         return
