@@ -21,7 +21,7 @@ from tests.integration.conftest import ServedApp
 
 pytestmark = pytest.mark.ray
 
-SCRAPE_DEADLINE_S = 25.0
+SCRAPE_DEADLINE_S = 45.0
 PROMPTS = ("one two", "three four five", "six")
 CALL = {"model": "reverse", "provider": "local-tools"}
 
@@ -102,7 +102,13 @@ async def traffic(served: ServedApp) -> Traffic:
 
     def reflected(samples: list[Sample]) -> bool:
         calls = total(samples, "ray_downcity_requests_total", city=city_id)
-        return calls == len(PROMPTS) + 1 and any(s.name == "ray_downcity_image_fetch_lag_ms" for s in samples)
+        # Each process exports on its own schedule: wait for the ingress, the JobManager and the Ledger.
+        names = {s.name for s in samples}
+        return (
+            calls == len(PROMPTS) + 1
+            and "ray_downcity_image_fetch_lag_ms" in names
+            and {"ray_downcity_ledger_queue_depth", "ray_downcity_ledger_commit_seconds_count"} <= names
+        )
 
     return Traffic(
         city_id=city_id,
