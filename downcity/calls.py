@@ -120,6 +120,15 @@ class Call:
             )
         )
 
+    def record_report(self, report: dict[str, Any]) -> None:
+        """Take a streamed `{usage, charge, ttfb_ms}` report from the provider deployment into the context."""
+        charge = report.get("charge")
+        self.record(
+            Usage.model_validate(report.get("usage") or {}),
+            ChargeDraft.model_validate(charge) if charge else None,
+            report.get("ttfb_ms"),
+        )
+
     async def succeed(self, output: Any) -> ChargeDraft | None:
         """Resolve and settle the charge, write usage, then run `after` hooks."""
         self.ctx.output = output
@@ -162,7 +171,7 @@ class Call:
 
 
 def _is_billable(model: ModelConfig) -> bool:
-    return model.bill is not None or model.provider.defines("bill")
+    return model.bill is not None or model.provider.has_bill
 
 
 def call_key(caller: Caller, client_key: str | None, request_id: str) -> str:

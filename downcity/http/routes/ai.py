@@ -16,7 +16,7 @@ from downcity.http.deps import CallerDep, RuntimeDep
 from downcity.http.schemas import ChatCompletionRequest, TextRequest, VideoRequest
 from downcity.http.sse import DONE, UI_STREAM_HEADERS, USAGE_CHUNK_TYPE, error_frame, frame, frames
 from downcity.replays import ReplayStore, request_hash
-from downcity.types import ChargeDraft, Usage
+from downcity.types import ChargeDraft
 
 router = APIRouter(prefix="/v1/ai")
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
@@ -56,18 +56,16 @@ async def text(
 ) -> Response:
     """Generate one assistant UIMessage."""
     payload = body.model_dump(exclude_none=True)
-    replays = ReplayStore(runtime.db) if idempotency_key else None
+    if not idempotency_key:
+        return JSONResponse(await _run_text(await begin_call(runtime, caller, "text", payload, None)))
+    replays = ReplayStore(runtime.db)
+    replay_key = f"text:{caller.city_id}:{caller.user_id}:{idempotency_key}"
     digest = request_hash(payload)
-    if replays is not None and idempotency_key is not None:
-        stored = await replays.get(f"text:{caller.city_id}:{caller.user_id}:{idempotency_key}", caller.user_id, digest)
-        if stored is not None:
-            return JSONResponse(stored[1], status_code=stored[0], headers={"idempotent-replayed": "true"})
-    call = await begin_call(runtime, caller, "text", payload, idempotency_key)
-    result = await _run_text(call)
-    if replays is not None and idempotency_key is not None:
-        await replays.put(
-            f"text:{caller.city_id}:{caller.user_id}:{idempotency_key}", caller.user_id, digest, 200, result
-        )
+    stored = await replays.get(replay_key, caller.user_id, digest)
+    if stored is not None:
+        return JSONResponse(stored[1], status_code=stored[0], headers={"idempotent-replayed": "true"})
+    result = await _run_text(await begin_call(runtime, caller, "text", payload, idempotency_key))
+    await replays.put(replay_key, caller.user_id, digest, 200, result)
     return JSONResponse(result)
 
 
@@ -81,13 +79,7 @@ async def _ui_stream(call: Call) -> AsyncIterator[bytes]:
             visible = []
             for chunk in batch:
                 if chunk.get("type") == USAGE_CHUNK_TYPE:
-                    data = chunk.get("data", {})
-                    charge = data.get("charge")
-                    call.record(
-                        Usage.model_validate(data.get("usage") or {}),
-                        ChargeDraft.model_validate(charge) if charge else None,
-                        data.get("ttfb_ms"),
-                    )
+                    call.record_report(chunk.get("data", {}))
                     continue
                 if chunk.get("type") == "text-delta":
                     text_parts.append(str(chunk.get("delta", "")))
@@ -133,12 +125,7 @@ async def _openai_stream(call: Call) -> AsyncIterator[bytes]:
     try:
         async for item in call.runtime.gateway.openai_stream(call.model.provider.id, call.action_request()):
             if isinstance(item, dict):
-                charge = item.get("charge")
-                call.record(
-                    Usage.model_validate(item.get("usage") or {}),
-                    ChargeDraft.model_validate(charge) if charge else None,
-                    item.get("ttfb_ms"),
-                )
+                call.record_report(item)
                 continue
             yield item
         completed = True
