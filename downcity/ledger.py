@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, cast
 
 from sqlalchemy import select
@@ -33,9 +35,9 @@ from downcity.ledger_checks import (
     check_text,
     normalize_usage,
 )
-from downcity.ledger_ops import Account, BatchState, Op, OpKind, decide
+from downcity.ledger_ops import Account, BatchState, EntryRow, HoldRow, Op, OpKind, Outcome, decide
 from downcity.ledger_sharded import ShardedLedger
-from downcity.ledger_store import entry_row, load_batch, mark_persisted, write_batch
+from downcity.ledger_store import commit_one_trip, entry_row, load_batch, mark_persisted, write_batch
 from downcity.ledger_types import (
     Balance,
     HoldResult,
@@ -64,6 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_CACHED_USERS = 100_000
+_MAX_KNOWN_KEYS = 100_000
 _MAX_HISTORY = 500
 _MAX_REF_LENGTH = 200
 _MIN_SWEEP_INTERVAL_S = 1.0
@@ -99,6 +102,8 @@ class Ledger:
         self.shard = shard
         self.metrics = metrics or NoMetrics()
         self._cache: dict[str, Account] = {}
+        # The committed hold and entry of recently used keys, so their next op needs no read.
+        self._known: OrderedDict[str, tuple[HoldRow | None, EntryRow | None]] = OrderedDict()
         self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -300,6 +305,41 @@ class Ledger:
             op.future.set_exception(_ledger_unavailable(exc))
 
     async def _commit(self, ops: list[Op]) -> None:
+        decided = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
+        state, outcomes = decided
+        mark_persisted(state)
+        self._cache.update(state.touched)
+        self._remember(state, ops)
+        if len(self._cache) > _MAX_CACHED_USERS:
+            self._cache.clear()
+        for op, outcome in zip(ops, outcomes, strict=True):
+            if op.future.done():
+                continue
+            if isinstance(outcome, DowncityHTTPError):
+                op.future.set_exception(outcome)
+            else:
+                op.future.set_result(outcome())
+
+    async def _commit_in_one_trip(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]] | None:
+        """Decide from what this Ledger knows and write in one statement; None when the batch must load."""
+        assumed_new = self._unseen_keys(ops)
+        if assumed_new is None:
+            return None
+        # Copies: a rolled-back attempt leaves the cache as it was.
+        users = {op.user_id for op in ops if op.user_id is not None}
+        for op in ops:
+            hold = self._known[op.key][0] if op.key in self._known else None
+            if hold is not None:
+                users.add(hold.user_id)
+        state = BatchState({user_id: replace(self._cache[user_id]) for user_id in users}, current_ms())
+        self._recall(state, ops)
+        outcomes = [decide(state, op) for op in ops]
+        if not await commit_one_trip(self.db, state, assumed_new):
+            return None
+        return state, outcomes
+
+    async def _commit_after_loading(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]]:
+        """Load the batch's keys and uncached accounts, decide, and write, in one transaction."""
         state = BatchState(self._cache, current_ms())
         try:
             async with self.db.begin() as conn:
@@ -311,16 +351,53 @@ class Ledger:
             for user_id in state.touched:
                 self._cache.pop(user_id, None)
             raise
-        mark_persisted(state)
-        if len(self._cache) > _MAX_CACHED_USERS:
-            self._cache.clear()
-        for op, outcome in zip(ops, outcomes, strict=True):
-            if op.future.done():
+        return state, outcomes
+
+    def _unseen_keys(self, ops: list[Op]) -> list[str] | None:
+        """The batch's keys this Ledger never saw, when it can take the one-trip path; None when it must load.
+
+        The one-trip path needs every account cached (loaded once under a row lock) and no sweep, whose
+        expired holds only a query can find. Unseen keys are assumed new and checked by the write itself.
+        """
+        if self.db.dialect != "postgresql":
+            return None
+        unseen: list[str] = []
+        for op in ops:
+            if op.kind == "sweep" or (op.user_id is not None and op.user_id not in self._cache):
+                return None
+            if not op.key:
                 continue
-            if isinstance(outcome, DowncityHTTPError):
-                op.future.set_exception(outcome)
-            else:
-                op.future.set_result(outcome())
+            known = self._known.get(op.key)
+            if known is None:
+                unseen.append(op.key)
+            elif known[0] is not None and known[0].user_id not in self._cache:
+                return None
+        return unseen
+
+    def _recall(self, state: BatchState, ops: list[Op]) -> None:
+        """Put what this Ledger knows of the batch's keys into the batch, as copies it may change."""
+        for op in ops:
+            known = self._known.get(op.key) if op.key else None
+            if known is None:
+                continue
+            hold, entry = known
+            if hold is not None:
+                state.holds[op.key] = replace(hold)
+            if entry is not None:
+                state.entries[op.key] = entry
+
+    def _remember(self, state: BatchState, ops: list[Op]) -> None:
+        """After commit: the batch's keys are now known exactly, and so are the holds it changed."""
+        keys = {op.key for op in ops if op.key}
+        changed = (key for key in state.holds if key not in keys and key in self._known)
+        for key in (*keys, *changed):
+            hold = state.holds.get(key)
+            committed = replace(hold, is_new=False, dirty=False) if hold is not None else None
+            entry = state.entries.get(key) if key in keys else self._known[key][1]
+            self._known[key] = (committed, entry)
+            self._known.move_to_end(key)
+        while len(self._known) > _MAX_KNOWN_KEYS:
+            self._known.popitem(last=False)
 
     async def _sweep_forever(self) -> None:
         while True:

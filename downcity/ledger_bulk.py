@@ -4,6 +4,10 @@ On PostgreSQL each statement takes the whole batch as one JSON document (`json_p
 or one array (`= ANY`), so its text and prepared plan are the same for any number of rows; per-row
 `executemany` and long `IN (...)` lists cost the server a round of work per row and were the
 bottleneck. SQLite runs in-process, so `executemany` is cheap there.
+
+`PG_ONE_TRIP` writes a whole batch in a single statement (data-modifying CTEs share one snapshot, so its
+clash count sees the tables as they were before the batch); the Ledger uses it when it already knows the
+state of every key and account a batch touches.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
 
 from downcity.store.database import Database
-from downcity.store.schema import balances, holds, ledger_entries
+from downcity.store.schema import balances, holds, ledger_entries, usage_records
 
 # SQLite caps bound parameters per statement; IN lists are cut into chunks below it.
 _SQLITE_CHUNK = 500
@@ -43,11 +47,38 @@ _SQLITE_UPDATE_HOLDS = (
 )
 
 
-@cache
-def _pg_insert_statement(table: Table, tail: str) -> TextClause:
-    names = ", ".join(
+def _column_names(table: Table) -> str:
+    return ", ".join(
         column.name for column in table.columns if not (column.primary_key and column.autoincrement is True)
     )
+
+
+def _pg_rows(table: Table, param: str) -> str:
+    names = _column_names(table)
+    return (
+        f"INSERT INTO {table.name} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{table.name}, {param})"
+    )
+
+
+# $1 keys assumed absent, $2 balances, $3 new holds, $4 resolved holds, $5 new entries, $6 usage rows.
+PG_ONE_TRIP = f"""WITH clashes AS (
+    SELECT (SELECT count(*) FROM holds WHERE idempotency_key = ANY($1::text[]))
+         + (SELECT count(*) FROM ledger_entries WHERE idempotency_key = ANY($1::text[])) AS n
+), written_balances AS ({_pg_rows(balances, "$2::json")} {_UPSERT_BALANCES}
+), new_holds AS ({_pg_rows(holds, "$3::json")}
+), resolved_holds AS (
+    UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms
+    FROM json_populate_recordset(NULL::holds, $4::json) AS v WHERE holds.idempotency_key = v.idempotency_key
+), new_entries AS ({_pg_rows(ledger_entries, "$5::json")} {_RETURNING_IDS}
+), new_usage AS ({_pg_rows(usage_records, "$6::json")} {_IGNORE_CONFLICTS}
+)
+SELECT n AS id, NULL::text AS idempotency_key FROM clashes
+UNION ALL SELECT id, idempotency_key FROM new_entries"""
+
+
+@cache
+def _pg_insert_statement(table: Table, tail: str) -> TextClause:
+    names = _column_names(table)
     return text(
         f"INSERT INTO {table.name} ({names}) SELECT {names} "
         f"FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS JSON)) {tail}"

@@ -1,14 +1,18 @@
-"""The Ledger's SQL: load what one batch needs and write its outcome, one statement per table."""
+"""The Ledger's SQL: load what one batch needs and write its outcome, one statement per table, or in one trip."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from downcity.ledger_bulk import (
+    PG_ONE_TRIP,
     insert_entries,
     insert_ignoring_duplicates,
     insert_many,
@@ -120,27 +124,100 @@ def _entry_dict(entry: EntryRow) -> dict[str, Any]:
     }
 
 
-async def write_batch(db: Database, conn: AsyncConnection, state: BatchState) -> None:
-    """Write every change of the batch: one statement per table and kind of change."""
-    accounts = [
-        {
-            "user_id": account.user_id,
-            "credits_microcredits": account.balance,
-            "held_microcredits": account.held,
-            "updated_at_ms": state.now_ms,
-        }
-        for account in state.touched.values()
-    ]
-    await upsert_balances(db, conn, accounts)
-    await insert_many(db, conn, holds, [_hold_dict(hold) for hold in state.holds.values() if hold.is_new])
-    changed = [
-        (hold.key, hold.status, hold.resolved_at_ms) for hold in state.holds.values() if hold.dirty and not hold.is_new
-    ]
-    await update_holds(db, conn, changed)
-    ids = await insert_entries(db, conn, [_entry_dict(entry) for entry in state.new_entries])
+@dataclass
+class BatchWrites:
+    """What one batch writes, as rows per table."""
+
+    accounts: list[dict[str, Any]]
+    new_holds: list[dict[str, Any]]
+    resolved_holds: list[tuple[str, str, int | None]]
+    entries: list[dict[str, Any]]
+    usage: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, state: BatchState) -> BatchWrites:
+        """The rows the batch's decisions produced."""
+        holds_ = state.holds.values()
+        return cls(
+            accounts=[
+                {
+                    "user_id": account.user_id,
+                    "credits_microcredits": account.balance,
+                    "held_microcredits": account.held,
+                    "updated_at_ms": state.now_ms,
+                }
+                for account in state.touched.values()
+            ],
+            new_holds=[_hold_dict(hold) for hold in holds_ if hold.is_new],
+            resolved_holds=[
+                (hold.key, hold.status, hold.resolved_at_ms) for hold in holds_ if hold.dirty and not hold.is_new
+            ],
+            entries=[_entry_dict(entry) for entry in state.new_entries],
+            usage=list(state.usage_rows.values()),
+        )
+
+    def empty(self) -> bool:
+        """Whether the batch changed nothing."""
+        return not (self.accounts or self.new_holds or self.resolved_holds or self.entries or self.usage)
+
+
+def _assign_ids(state: BatchState, ids: dict[str, int]) -> None:
     for entry in state.new_entries:
         entry.id = ids[entry.key]
-    await insert_ignoring_duplicates(db, conn, usage_records, list(state.usage_rows.values()))
+
+
+async def write_batch(db: Database, conn: AsyncConnection, state: BatchState) -> None:
+    """Write every change of the batch: one statement per table and kind of change."""
+    writes = BatchWrites.of(state)
+    await upsert_balances(db, conn, writes.accounts)
+    await insert_many(db, conn, holds, writes.new_holds)
+    await update_holds(db, conn, writes.resolved_holds)
+    _assign_ids(state, await insert_entries(db, conn, writes.entries))
+    await insert_ignoring_duplicates(db, conn, usage_records, writes.usage)
+
+
+async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str]) -> bool:
+    """PostgreSQL: write the batch with one statement between BEGIN and COMMIT.
+
+    `assumed_new` are the batch's keys the Ledger has never seen; the batch was decided as if the database
+    had no hold or entry for them. When one exists after all (a retry of an op a previous actor committed)
+    the transaction rolls back and this returns False, so the caller redoes the batch after loading.
+    """
+    writes = BatchWrites.of(state)
+    if writes.empty() and not assumed_new:
+        return True
+    async with db.engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.execute(f"BEGIN; {_CUSTOM_PLANS.text}")
+        try:
+            rows = await raw.fetch(
+                PG_ONE_TRIP,
+                assumed_new,
+                json.dumps(writes.accounts),
+                json.dumps(writes.new_holds),
+                json.dumps(
+                    [{"idempotency_key": k, "status": st, "resolved_at_ms": at} for k, st, at in writes.resolved_holds]
+                ),
+                json.dumps(writes.entries),
+                json.dumps(writes.usage),
+            )
+        except asyncpg.UniqueViolationError:
+            await raw.execute("ROLLBACK")
+            return False
+        except BaseException:
+            await conn.invalidate()
+            raise
+        if rows[0]["id"] > 0:
+            await raw.execute("ROLLBACK")
+            return False
+        try:
+            await raw.execute("COMMIT")
+        except BaseException:
+            await conn.invalidate()
+            raise
+    _assign_ids(state, {row["idempotency_key"]: row["id"] for row in rows[1:]})
+    return True
 
 
 def mark_persisted(state: BatchState) -> None:

@@ -10,8 +10,8 @@ from downcity.http.principal import Caller, authenticate_admin, authenticate_use
 from downcity.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The runtime the app was built with."""
+async def get_runtime(request: Request) -> Runtime:
+    """The runtime the app was built with (async: FastAPI would run a plain function in a thread)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -28,7 +28,7 @@ async def get_caller(
     return await authenticate_user(runtime, authorization, x_city_id)
 
 
-def require_admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """Refuse anything but the admin credential."""
     authenticate_admin(runtime, authorization)
 

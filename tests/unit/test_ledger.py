@@ -397,6 +397,33 @@ async def test_restart_keeps_balances_holds_and_idempotency(db: Database) -> Non
     assert settled.balance == Balance(user_id="alice", balance=7_500, held=0, available=7_500)
 
 
+async def test_a_restarted_ledger_recognises_every_key_its_predecessor_wrote(db: Database) -> None:
+    first = Ledger(db)
+    await first.start()
+    await first.credit("top-up-1", "alice", 10_000)
+    await first.reserve("held-1", "alice", 3_000)
+    await first.reserve("held-2", "alice", 2_000)
+    await first.reserve("charged-1", "alice", 1_000)
+    charged = await first.settle("charged-1", "alice", 1_000)
+    await first.close()
+    second = Ledger(db)
+    await second.start()
+    # Once the account is cached, ops on keys the new Ledger never saw are decided without a read; these
+    # write nothing that clashes with a unique key, so only the write's own check finds the old holds.
+    await second.credit("top-up-2", "alice", 1)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await second.debit("held-1", "alice", 5)
+    settled = await second.settle("held-2", "alice", 1_500)
+    assert (await second.settle("charged-1", "alice", 1_000)).entry == charged.entry
+    released = await second.release("held-1", user_id="alice")
+    await second.close()
+    assert refused.value.status == 409
+    assert settled.balance == Balance(user_id="alice", balance=7_501, held=3_000, available=4_501)
+    assert released is not None and released.status == "released"
+    assert released.balance == Balance(user_id="alice", balance=7_501, held=0, available=7_501)
+    assert await _count(db, ledger_entries) == 4
+
+
 async def test_sharded_ledger_sends_every_op_of_a_user_to_its_shard(db: Database) -> None:
     shards = [Ledger(db, shard=(index, 2)) for index in range(2)]
     sharded = ShardedLedger(shards)
