@@ -36,6 +36,7 @@ from downcity.openai_client import (
 )
 from downcity.provider import Provider
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage, Usage
+from downcity.upstream_http import pooled_upstream_client
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class ProviderRunner:
         self.models = dict(models)
         self.env = env
         self._owns_http = http is None
-        self.http = http if http is not None else _pooled_client(provider.timeout_s)
+        self.http = http if http is not None else pooled_upstream_client(provider.timeout_s)
 
     async def aclose(self) -> None:
         """Close the HTTP pool, if the runner created it."""
@@ -300,13 +301,6 @@ class ProviderRunner:
                     raise TypeError("openai() must stream bytes")
                 ctx.metering.mark_first_byte()
                 yield bytes(data)
-
-
-def _pooled_client(timeout_s: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30.0),
-        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-    )
 
 
 def _text_result(value: Any) -> tuple[UIMessage, Usage, ChargeDraft | None]:

@@ -49,20 +49,22 @@ def request(model_id: str, **input: Any) -> ActionRequest:
     )
 
 
-_open_runners: list[ProviderRunner] = []
+_open_clients: list[httpx.AsyncClient] = []
 
 
 def runner_for(model: ModelConfig, env: dict[str, str] | None = None) -> ProviderRunner:
-    runner = ProviderRunner(model.provider, {model.id: model}, ENV if env is None else env)
-    _open_runners.append(runner)
-    return runner
+    # respx mocks httpx's own transport, so these runners get a plain httpx client instead of the
+    # aiohttp-backed pool a deployment uses (tested against a real server in test_upstream_http.py).
+    http = httpx.AsyncClient(timeout=model.provider.timeout_s)
+    _open_clients.append(http)
+    return ProviderRunner(model.provider, {model.id: model}, ENV if env is None else env, http=http)
 
 
 @pytest.fixture(autouse=True)
-async def close_runners() -> AsyncIterator[None]:
+async def close_clients() -> AsyncIterator[None]:
     yield
-    while _open_runners:
-        await _open_runners.pop().aclose()
+    while _open_clients:
+        await _open_clients.pop().aclose()
 
 
 def completion(content: str, **message: Any) -> dict[str, Any]:
