@@ -35,10 +35,19 @@ _UPSERT_BALANCES = (
 _RETURNING_IDS = "RETURNING id, idempotency_key"
 _IGNORE_CONFLICTS = "ON CONFLICT DO NOTHING"
 
+
+def _pg_resolve_holds(keys: str, statuses: str, resolved: str) -> str:
+    # Parallel arrays, not JSON: the planner sizes `unnest` by its arrays, so it probes the primary key per
+    # row; with a JSON document it guesses 100 rows and hash-joins a sequential scan of every hold.
+    return (
+        "UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms "
+        f"FROM unnest({keys}, {statuses}, {resolved}) AS v(idempotency_key, status, resolved_at_ms) "
+        "WHERE holds.idempotency_key = v.idempotency_key"
+    )
+
+
 _PG_UPDATE_HOLDS = text(
-    "UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms "
-    "FROM json_populate_recordset(NULL::holds, CAST(:rows AS JSON)) AS v "
-    "WHERE holds.idempotency_key = v.idempotency_key"
+    _pg_resolve_holds("CAST(:keys AS TEXT[])", "CAST(:statuses AS TEXT[])", "CAST(:resolved AS BIGINT[])")
 )
 _SQLITE_UPDATE_HOLDS = (
     update(holds)
@@ -60,17 +69,16 @@ def _pg_rows(table: Table, param: str) -> str:
     )
 
 
-# $1 keys assumed absent, $2 balances, $3 new holds, $4 resolved holds, $5 new entries, $6 usage rows.
+# $1 keys assumed absent, $2 balances, $3 new holds, $4-$6 resolved holds (keys, statuses, times), $7 new
+# entries, $8 usage rows.
 PG_ONE_TRIP = f"""WITH clashes AS (
     SELECT (SELECT count(*) FROM holds WHERE idempotency_key = ANY($1::text[]))
          + (SELECT count(*) FROM ledger_entries WHERE idempotency_key = ANY($1::text[])) AS n
 ), written_balances AS ({_pg_rows(balances, "$2::json")} {_UPSERT_BALANCES}
 ), new_holds AS ({_pg_rows(holds, "$3::json")}
-), resolved_holds AS (
-    UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms
-    FROM json_populate_recordset(NULL::holds, $4::json) AS v WHERE holds.idempotency_key = v.idempotency_key
-), new_entries AS ({_pg_rows(ledger_entries, "$5::json")} {_RETURNING_IDS}
-), new_usage AS ({_pg_rows(usage_records, "$6::json")} {_IGNORE_CONFLICTS}
+), resolved_holds AS ({_pg_resolve_holds("$4::text[]", "$5::text[]", "$6::bigint[]")}
+), new_entries AS ({_pg_rows(ledger_entries, "$7::json")} {_RETURNING_IDS}
+), new_usage AS ({_pg_rows(usage_records, "$8::json")} {_IGNORE_CONFLICTS}
 )
 SELECT n AS id, NULL::text AS idempotency_key FROM clashes
 UNION ALL SELECT id, idempotency_key FROM new_entries"""
@@ -161,13 +169,18 @@ async def upsert_balances(db: Database, conn: AsyncConnection, rows: Sequence[di
     await conn.execute(statement, list(rows))
 
 
+def hold_columns(rows: Sequence[tuple[str, str, int | None]]) -> tuple[list[str], list[str], list[int | None]]:
+    """(key, status, resolved_at_ms) rows as the three arrays the PostgreSQL hold update takes."""
+    return [key for key, _, _ in rows], [status for _, status, _ in rows], [at for _, _, at in rows]
+
+
 async def update_holds(db: Database, conn: AsyncConnection, rows: Sequence[tuple[str, str, int | None]]) -> None:
     """Set (status, resolved_at_ms) of existing holds from (key, status, resolved_at_ms) tuples."""
     if not rows:
         return
     if db.dialect == "postgresql":
-        document = [{"idempotency_key": key, "status": status, "resolved_at_ms": at} for key, status, at in rows]
-        await conn.execute(_PG_UPDATE_HOLDS, {"rows": json.dumps(document)})
+        keys, statuses, resolved = hold_columns(rows)
+        await conn.execute(_PG_UPDATE_HOLDS, {"keys": keys, "statuses": statuses, "resolved": resolved})
         return
     params = [{"h_key": key, "h_status": status, "h_resolved": at} for key, status, at in rows]
     await conn.execute(_SQLITE_UPDATE_HOLDS, params)

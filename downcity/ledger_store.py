@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from downcity.ledger_bulk import (
     PG_ONE_TRIP,
+    hold_columns,
     insert_entries,
     insert_ignoring_duplicates,
     insert_many,
@@ -196,9 +197,7 @@ async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str
                 assumed_new,
                 json.dumps(writes.accounts),
                 json.dumps(writes.new_holds),
-                json.dumps(
-                    [{"idempotency_key": k, "status": st, "resolved_at_ms": at} for k, st, at in writes.resolved_holds]
-                ),
+                *hold_columns(writes.resolved_holds),
                 json.dumps(writes.entries),
                 json.dumps(writes.usage),
             )
