@@ -19,7 +19,13 @@ from downcity.types import ImageJobResult
 PROVIDER_MAX_ONGOING_REQUESTS = 256
 
 
-@serve.deployment(max_ongoing_requests=PROVIDER_MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0})
+# No Serve access log: the ingress logs every request and writes its usage row, and formatting a second line
+# per call cost a provider replica ~6% of its CPU under load.
+@serve.deployment(
+    max_ongoing_requests=PROVIDER_MAX_ONGOING_REQUESTS,
+    ray_actor_options={"num_cpus": 0},
+    logging_config={"enable_access_log": False},
+)
 class ProviderDeployment:
     """Runs one provider's actions for the ingress."""
 
