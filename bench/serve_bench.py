@@ -13,11 +13,13 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from downcity.serving import apply_throughput_mode, free_port
@@ -66,7 +68,7 @@ def _ms(value: str) -> float:
 
 
 def wrk(
-    url: str, body: dict[str, object], headers: dict[str, str], connections: int, seconds: int
+    url: str, body: Mapping[str, object], headers: dict[str, str], connections: int, seconds: int
 ) -> tuple[float, float, float]:
     """Requests/s, p50 and p99 (ms) of POSTing `body` to `url` with wrk."""
     lua = "wrk.method = 'POST'\nwrk.body = [[" + json.dumps(body) + "]]\n"
@@ -90,11 +92,30 @@ def wrk(
     return rps, p50, p99
 
 
-def measure(name: str, url: str, body: dict[str, object], headers: dict[str, str], args: argparse.Namespace) -> Result:
-    wrk(url, body, headers, args.connections, 2)
-    rps, p50, p99 = wrk(url, body, headers, args.connections, args.seconds)
-    _, single_p50, _ = wrk(url, body, headers, 1, args.seconds)
-    return Result(name, rps, p50, p99, single_p50)
+@dataclass
+class Target:
+    name: str
+    url: str
+    body: Mapping[str, object]
+    headers: dict[str, str]
+
+
+def measure(target: Target, args: argparse.Namespace) -> Result:
+    wrk(target.url, target.body, target.headers, args.connections, 2)
+    rps, p50, p99 = wrk(target.url, target.body, target.headers, args.connections, args.seconds)
+    _, single_p50, _ = wrk(target.url, target.body, target.headers, 1, args.seconds)
+    return Result(target.name, rps, p50, p99, single_p50)
+
+
+def median_result(rounds: list[Result]) -> Result:
+    """Each figure's median over the rounds: a shared machine's speed drifts, so one round can mislead."""
+    return Result(
+        rounds[0].name,
+        statistics.median(r.rps for r in rounds),
+        statistics.median(r.p50_ms for r in rounds),
+        statistics.median(r.p99_ms for r in rounds),
+        statistics.median(r.p50_single_ms for r in rounds),
+    )
 
 
 async def pg(sql: str) -> None:
@@ -122,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="every target is measured once per round")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -147,19 +169,21 @@ def main() -> None:
         url = f"http://127.0.0.1:{http_port}"
         user = {"Authorization": f"Bearer {seed(url)}"}
         chat = {"model": "demo-chat", "messages": [{"role": "user", "content": "hello bench"}]}
-        results = [
-            measure(
+        targets = [
+            Target(
                 "demo upstream direct",
                 f"http://127.0.0.1:{demo_port}/v1/chat/completions",
                 chat,
                 {"Authorization": "Bearer bench-key"},
-                args,
             ),
-            measure("no-op Serve deployment", f"{url}/noop/", {}, {}, args),
-            measure("downcity /v1/ai/text", f"{url}/v1/ai/text", {"prompt": "hello bench"}, user, args),
-            measure("downcity /v1/ai/stream", f"{url}/v1/ai/stream", {"prompt": "hello bench"}, user, args),
-            measure("downcity /v1/ai/chat/completions", f"{url}/v1/ai/chat/completions", chat, user, args),
+            Target("no-op Serve deployment", f"{url}/noop/", {}, {}),
+            Target("downcity /v1/ai/text", f"{url}/v1/ai/text", {"prompt": "hello bench"}, user),
+            Target("downcity /v1/ai/stream", f"{url}/v1/ai/stream", {"prompt": "hello bench"}, user),
+            Target("downcity /v1/ai/chat/completions", f"{url}/v1/ai/chat/completions", chat, user),
         ]
+        # Rounds interleave the targets, so a drift in the machine's speed hits every target alike.
+        rounds = [[measure(target, args) for target in targets] for _ in range(args.rounds)]
+        results = [median_result([round_[i] for round_ in rounds]) for i in range(len(targets))]
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -168,7 +192,10 @@ def main() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
     noop = results[1]
     upstream = results[0]
-    print(f"\n{args.connections} connections, {args.seconds}s each; ratios are to the no-op Serve deployment")
+    print(
+        f"\n{args.connections} connections, {args.seconds}s each, median of {args.rounds} rounds; "
+        "ratios are to the no-op Serve deployment"
+    )
     print(f"{'target':36} {'req/s':>9} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p50@1conn':>10}")
     for r in results:
         print(

@@ -11,11 +11,12 @@ import uuid
 from typing import Any
 
 from downcity.context import CityInfo, Context, UserInfo
-from downcity.errors import insufficient_balance
+from downcity.errors import conflict, insufficient_balance
 from downcity.federation import Federation
 from downcity.hooks import run_before
 from downcity.job_store import JobRecord, JobStore, outcome_fields
 from downcity.ports import LedgerPort, ProviderGateway
+from downcity.replays import request_hash
 from downcity.resolution import resolve_model
 from downcity.runner import ActionRequest
 from downcity.store.database import now_ms
@@ -47,14 +48,15 @@ async def submit_image_job(
 ) -> JobRecord:
     """Resolve the model, run `before` hooks, call `image_create` and store the job.
 
-    A billable model needs a positive available balance. With `client_key`, a repeat returns the job the
-    first call stored, without calling the provider again.
+    A billable model needs a positive available balance. With `client_key`, a repeat of the same body returns
+    the job the first call stored, without calling the provider again; another body under that key is a 409.
     """
     key = job_key(city.city_id, user.user_id, client_key) if client_key else None
+    digest = request_hash(body)
     if key is not None:
         existing = await store.get_by_key(key)
         if existing is not None:
-            return existing
+            return _same_request(existing, digest)
     model = resolve_model(federation, "image", body.get("model"))
     job_id = new_job_id()
     ctx = Context(input=dict(body), user=user, city=city, model=model, pathway="image", request_id=job_id)
@@ -72,11 +74,19 @@ async def submit_image_job(
         locals=ctx.locals,
     )
     created = await gateway.image_create(model.provider.id, request)
-    record = _new_record(ctx, created, key, default_poll_ms)
-    return await store.insert(record)
+    record = _new_record(ctx, created, key, default_poll_ms, digest)
+    # A concurrent create with the same key may have stored its job first: the insert returns that one.
+    return _same_request(await store.insert(record), digest)
 
 
-def _new_record(ctx: Context, created: ImageJobResult, key: str | None, default_poll_ms: int) -> JobRecord:
+def _same_request(job: JobRecord, digest: str) -> JobRecord:
+    # Jobs stored before request hashes were kept have none and match any body.
+    if job.state.get("request_hash", digest) != digest:
+        raise conflict("Idempotency-Key was already used for a different request")
+    return job
+
+
+def _new_record(ctx: Context, created: ImageJobResult, key: str | None, default_poll_ms: int, digest: str) -> JobRecord:
     now = now_ms()
     outcome = outcome_fields(created)
     terminal = outcome["status"] in TERMINAL_JOB_STATUSES
@@ -89,6 +99,7 @@ def _new_record(ctx: Context, created: ImageJobResult, key: str | None, default_
             "provider_job_id": created.job_id,
             "metadata": created.metadata,
             "user_metadata": ctx.user.metadata,
+            "request_hash": digest,
         },
         city_id=ctx.city.city_id,
         user_id=ctx.user.user_id,

@@ -61,7 +61,8 @@ class JobRecord:
     """One `async_jobs` row.
 
     `state` holds `provider_job_id` (the id the provider returned from `image_create`), `metadata` (the
-    provider's latest metadata) and `user_metadata` (the owner's token metadata, for fetch and billing).
+    provider's latest metadata), `user_metadata` (the owner's token metadata, for fetch and billing) and
+    `request_hash` (the create body's digest, so a reused Idempotency-Key with another body is refused).
     """
 
     job_id: str

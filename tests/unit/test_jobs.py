@@ -311,6 +311,15 @@ async def test_repeated_create_with_one_key_returns_the_first_job_without_a_seco
     assert other_user.job_id != first.job_id
 
 
+async def test_a_key_reused_with_another_body_is_a_409_and_starts_no_job(jobs: Jobs) -> None:
+    first = await jobs.create("a cat", key="k-1")
+    with pytest.raises(DowncityHTTPError) as refused:
+        await jobs.create("a dog", key="k-1")
+    assert refused.value.status == 409
+    assert "Idempotency-Key" in refused.value.message
+    assert [job.job_id for job in await jobs.store.list(user_id=USER)] == [first.job_id]
+
+
 async def test_create_refuses_a_billable_model_on_an_empty_balance(jobs: Jobs) -> None:
     with pytest.raises(DowncityHTTPError) as refused:
         await jobs.create("a cat", user_id="nobody")
