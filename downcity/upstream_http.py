@@ -65,8 +65,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_s)
-            # httpx decodes Content-Encoding itself, so aiohttp must hand over the raw bytes.
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            # httpx decodes Content-Encoding itself, so aiohttp must hand over the raw bytes; trust_env honours
+            # HTTP(S)_PROXY and NO_PROXY as httpx's own transport does.
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=True)
             self._loop = loop
         return self._session
 

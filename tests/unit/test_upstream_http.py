@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -79,3 +80,27 @@ async def test_a_dropped_stream_raises_an_httpx_transport_error(client: httpx.As
         async with client.stream("POST", f"{demo_upstream}/chat/completions", json=body, headers=HEADERS) as response:
             async for _ in response.aiter_bytes():
                 pass
+
+
+async def test_requests_go_through_the_proxy_named_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    request_lines: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request_lines.append(await reader.readline())
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"via": "proxy"}'
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with server, pooled_upstream_client(timeout_s=5.0) as http:
+        response = await http.get("http://upstream.example/v1/models")
+
+    assert response.json() == {"via": "proxy"}
+    assert request_lines == [b"GET http://upstream.example/v1/models HTTP/1.1\r\n"]
