@@ -9,6 +9,7 @@ costs ~0.2 ms. Call sites keep httpx's API, errors and per-request timeouts, and
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -60,14 +61,23 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # HTTP(S)_PROXY and NO_PROXY, read once as httpx's own transport does; aiohttp's trust_env would read
+        # them (and ~/.netrc) again on a worker thread for every request.
+        self._proxies = urllib.request.getproxies_environment()
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        proxy = self._proxies.get(url.scheme)
+        # A stdlib function typeshed leaves out: it applies NO_PROXY (`self._proxies["no"]`) to a host.
+        if proxy is None or urllib.request.proxy_bypass_environment(url.host, self._proxies):  # type: ignore[attr-defined]
+            return None
+        return proxy
 
     def _open_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=self._keepalive_s)
-            # httpx decodes Content-Encoding itself, so aiohttp must hand over the raw bytes; trust_env honours
-            # HTTP(S)_PROXY and NO_PROXY as httpx's own transport does.
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=True)
+            # httpx decodes Content-Encoding itself, so aiohttp must hand over the raw bytes.
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
             self._loop = loop
         return self._session
 
@@ -82,6 +92,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=body or None,
                 allow_redirects=False,
+                proxy=self._proxy_for(request.url),
                 timeout=aiohttp.ClientTimeout(
                     connect=timeout.get("pool"), sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
                 ),

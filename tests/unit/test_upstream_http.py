@@ -104,3 +104,12 @@ async def test_requests_go_through_the_proxy_named_in_the_environment(monkeypatc
 
     assert response.json() == {"via": "proxy"}
     assert request_lines == [b"GET http://upstream.example/v1/models HTTP/1.1\r\n"]
+
+
+async def test_hosts_in_no_proxy_are_reached_directly(monkeypatch: pytest.MonkeyPatch, demo_upstream: str) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with pooled_upstream_client(timeout_s=5.0) as http:
+        response = await http.post(f"{demo_upstream}/chat/completions", json=_chat("direct"), headers=HEADERS)
+
+    assert response.json()["choices"][0]["message"]["content"] == "Echo: direct"
