@@ -305,8 +305,7 @@ class Ledger:
             op.future.set_exception(_ledger_unavailable(exc))
 
     async def _commit(self, ops: list[Op]) -> None:
-        decided = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
-        state, outcomes = decided
+        state, outcomes = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
         mark_persisted(state)
         self._cache.update(state.touched)
         self._remember(state, ops)

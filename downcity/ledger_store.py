@@ -207,7 +207,8 @@ async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str
         except BaseException:
             await conn.invalidate()
             raise
-        if rows[0]["id"] > 0:
+        # The one row without a key carries the clash count; the others are the new entries' ids.
+        if next(row["id"] for row in rows if row["idempotency_key"] is None) > 0:
             await raw.execute("ROLLBACK")
             return False
         try:
@@ -215,7 +216,7 @@ async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str
         except BaseException:
             await conn.invalidate()
             raise
-    _assign_ids(state, {row["idempotency_key"]: row["id"] for row in rows[1:]})
+    _assign_ids(state, {row["idempotency_key"]: row["id"] for row in rows if row["idempotency_key"] is not None})
     return True
 
 
