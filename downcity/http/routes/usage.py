@@ -33,7 +33,8 @@ def _time(value: str | None, field: str) -> int | None:
     return parse_time(value, field, now_ms()) if value is not None else None
 
 
-def _filters(
+# Async, like every dependency here: FastAPI would run a plain function on its thread pool.
+async def _filters(
     city_id: Id = None,
     user_id: Id = None,
     model: Id = None,
@@ -51,21 +52,14 @@ def _filters(
     )
 
 
-def _own_filters(
+async def _own_filters(
     caller: CallerDep,
     model: Id = None,
     status: UsageStatus | None = None,
     since: Time = None,
     until: Time = None,
 ) -> UsageFilter:
-    return UsageFilter(
-        city_id=caller.city_id,
-        user_id=caller.user_id,
-        model=model,
-        status=status,
-        since_ms=_time(since, "since"),
-        until_ms=_time(until, "until"),
-    )
+    return await _filters(caller.city_id, caller.user_id, model, status, since, until)
 
 
 FilterDep = Annotated[UsageFilter, Depends(_filters)]
