@@ -21,8 +21,8 @@ from ray.exceptions import RayError, RayTaskError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from actors.jobs import JOB_MANAGER_NAME
+from actors.serving import RAY_NAMESPACE
 from downcity.errors import DowncityHTTPError
-from downcity.settings import RAY_NAMESPACE
 
 DEFAULT_MAX_TASKS = 8
 DEFAULT_TIMEOUT_S = 600.0

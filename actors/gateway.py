@@ -9,7 +9,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from downcity.errors import DowncityHTTPError
-from downcity.runner import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
+from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
 from downcity.types import ImageJobResult
 
 T = TypeVar("T")

@@ -23,15 +23,16 @@ from actors.gateway import RayGateway
 from actors.ledger import get_ledger
 from actors.metrics import ray_metrics, report_jobs_forever
 from actors.placement import HEAD_PINNED
+from actors.serving import RAY_NAMESPACE
+from downcity.ai.context import CityInfo, UserInfo
+from downcity.ai.federation import Federation
 from downcity.cities import CityStore
-from downcity.context import CityInfo, UserInfo
 from downcity.errors import DowncityHTTPError
-from downcity.federation import Federation
-from downcity.image_jobs import submit_image_job
-from downcity.job_store import JobStore
 from downcity.jobs import JobManager
+from downcity.jobs.store import JobStore
+from downcity.jobs.submit import submit_image_job
 from downcity.runtime import load_federation
-from downcity.settings import RAY_NAMESPACE, Settings
+from downcity.settings import Settings
 from downcity.store import Database
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from actors.metrics import ray_metrics
 from actors.placement import HEAD_PINNED
+from actors.serving import RAY_NAMESPACE
 from downcity.errors import DowncityHTTPError
 from downcity.ledger import Balance, HoldResult, Ledger, LedgerEntry, SettleResult, ShardedLedger
-from downcity.settings import RAY_NAMESPACE, Settings
+from downcity.settings import Settings
 from downcity.store.database import Database
 
 LEDGER_ACTOR_NAME = "downcity-ledger-v1"

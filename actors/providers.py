@@ -8,7 +8,8 @@ from typing import Any
 from ray import serve
 
 from downcity.env import EnvCache, EnvStore
-from downcity.runner import ActionRequest, OpenAIOutcome, ProviderRunner, TextOutcome, VideoOutcome
+from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
+from downcity.gateway.runner import ProviderRunner
 from downcity.runtime import load_federation
 from downcity.secrets import MasterKey
 from downcity.settings import Settings

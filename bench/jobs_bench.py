@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from downcity.serving import apply_throughput_mode, free_port
+from actors.serving import apply_throughput_mode, free_port
 
 apply_throughput_mode()
 os.environ.setdefault("DOWNCITY_MASTER_KEY", "YmVuY2gtbWFzdGVyLWtleS0zMi1ieXRlcy1sb25nISE=")

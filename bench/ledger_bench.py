@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from downcity.ledger import Ledger, LedgerLike
+from downcity.ledger import Ledger, LedgerPort
 from downcity.store import Database
 from downcity.store.schema import balances, ledger_entries
 
@@ -76,7 +76,7 @@ class Databases:
             await self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def drive(ledger: LedgerLike, charges: int, callers: int, users: int) -> float:
+async def drive(ledger: LedgerPort, charges: int, callers: int, users: int) -> float:
     """Credit every user, then run `charges` reserve+settle pairs from `callers` tasks; the seconds taken."""
     await asyncio.gather(*(ledger.credit(f"credit-{user}", f"user-{user}", CREDIT) for user in range(users)))
     numbers = iter(range(charges))

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from downcity.serving import apply_throughput_mode, free_port
+from actors.serving import apply_throughput_mode, free_port
 
 apply_throughput_mode()
 os.environ.setdefault("DOWNCITY_ADMIN_KEY", "bench-admin-key")

@@ -5,13 +5,13 @@ For tests and embedding.
 
 from __future__ import annotations
 
+from downcity.ai.federation import Federation
 from downcity.env import EnvCache, EnvStore
-from downcity.federation import Federation
-from downcity.job_store import JobStore
+from downcity.gateway.ports import LocalGateway
+from downcity.gateway.runner import ProviderRunner
 from downcity.jobs import JobManager
+from downcity.jobs.store import JobStore
 from downcity.ledger import Ledger
-from downcity.ports import LocalGateway
-from downcity.runner import ProviderRunner
 from downcity.runtime import Runtime, bootstrap
 from downcity.secrets import MasterKey
 from downcity.settings import Settings

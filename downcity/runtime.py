@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from downcity.ai.federation import Federation
 from downcity.auth import (
     AdminCredential,
     KeyRing,
@@ -18,9 +19,9 @@ from downcity.auth import (
 )
 from downcity.cities import CityCache, CityStore
 from downcity.env import EnvCache, EnvStore
-from downcity.federation import Federation
+from downcity.gateway.ports import ProviderGateway
+from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
-from downcity.ports import LedgerPort, ProviderGateway
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
 from downcity.store import Database

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from actors.batch import DEFAULT_TIMEOUT_S, BatchItem, generate_images
-from downcity.settings import RAY_NAMESPACE
+from actors.serving import RAY_NAMESPACE
 
 
 def _parser() -> argparse.ArgumentParser:

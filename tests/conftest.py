@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from downcity.serving import apply_throughput_mode
+from actors.serving import apply_throughput_mode
 from downcity.store import Database
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from downcity.context import Context
-from downcity.federation import Federation
-from downcity.openai_client import OpenAICompatibleClient
-from downcity.provider import Provider
-from downcity.service import AIService
+from downcity.ai.context import Context
+from downcity.ai.federation import Federation
+from downcity.ai.openai_client import OpenAICompatibleClient
+from downcity.ai.provider import Provider
+from downcity.ai.service import AIService
 from downcity.types import ChargeDraft
 
 DEMO_UPSTREAM_ENV = "DOWNCITY_DEMO_UPSTREAM_URL"

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from downcity.http.principal import Caller, authenticate_admin, authenticate_user
+from downcity.auth.caller import Caller
+from downcity.http.principal import authenticate_admin, authenticate_user
 from downcity.runtime import Runtime
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from downcity.serving import free_port
+from actors.serving import free_port
 from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
 
 APP_NAME = "downcity"

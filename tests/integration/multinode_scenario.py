@@ -31,8 +31,7 @@ from ray.serve.schema import ServeDeploySchema
 from sqlalchemy import select
 
 from actors.placement import HEAD_PINNED
-from downcity.serving import free_port
-from downcity.settings import RAY_NAMESPACE
+from actors.serving import RAY_NAMESPACE, free_port
 from downcity.store import Database
 from downcity.store.schema import balances, ledger_entries
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from downcity.serving import free_port
+from actors.serving import free_port
 from tests.conftest import TEST_ADMIN_KEY, serve_port_base
 from tests.integration.conftest import ServedApp
 

@@ -39,7 +39,7 @@ import pytest
 import uvicorn
 import yaml
 
-from downcity.serving import free_port
+from actors.serving import free_port
 from tests.conftest import serve_port_base
 from tests.integration.conftest import ServedApp
 

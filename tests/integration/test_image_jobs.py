@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from actors.batch import generate_images
 from actors.jobs import JOB_MANAGER_NAME, get_job_manager
-from downcity.job_store import JobRecord, JobStore, outcome_fields
+from downcity.jobs.record import JobRecord, outcome_fields
+from downcity.jobs.store import JobStore
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import async_jobs, ledger_entries

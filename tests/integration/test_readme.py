@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from downcity.serving import free_port
+from actors.serving import free_port
 from tests.conftest import serve_port_base
 
 pytestmark = pytest.mark.ray

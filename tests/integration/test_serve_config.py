@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from downcity.serving import free_port
+from actors.serving import free_port
 from tests.conftest import TEST_ADMIN_KEY, TEST_MASTER_KEY
 
 pytestmark = pytest.mark.ray

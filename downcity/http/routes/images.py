@@ -10,8 +10,8 @@ from fastapi import APIRouter, Header
 from downcity.errors import DowncityHTTPError, not_found
 from downcity.http.deps import CallerDep, RuntimeDep
 from downcity.http.schemas import ImageCreateRequest, ImageResultRequest
-from downcity.image_jobs import submit_image_job
-from downcity.job_store import JobStore
+from downcity.jobs.store import JobStore
+from downcity.jobs.submit import submit_image_job
 
 router = APIRouter(prefix="/v1/ai/image")
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from downcity.http.deps import AdminDep, RuntimeDep
-from downcity.job_store import MAX_LIST_LIMIT, JobStore
+from downcity.jobs.store import MAX_LIST_LIMIT, JobStore
 
 router = APIRouter(prefix="/v1/jobs")
 

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from downcity.http.deps import AdminDep, CallerDep, RuntimeDep
-from downcity.store.database import now_ms
-from downcity.usage import (
+from downcity.ledger.usage import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     GroupBy,
@@ -18,6 +17,7 @@ from downcity.usage import (
     parse_time,
     summarize_usage,
 )
+from downcity.store.database import now_ms
 
 router = APIRouter(prefix="/v1/usage")
 

@@ -1,0 +1,281 @@
+"""The provider contract: `Provider` (one upstream) and `ModelConfig` (one model it serves), with fallback rules."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from downcity.ai.hooks import HookHost, Hooks
+from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage
+
+if TYPE_CHECKING:
+    from downcity.ai.context import Context
+    from downcity.ai.openai_client import OpenAICompatibleClient
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TEXT_PART_TYPES = frozenset({"text", "input_text"})
+
+PATHWAYS: tuple[str, ...] = ("text", "stream", "image", "openai", "video")
+
+BillFn = Callable[["Context", Any], ChargeDraft | dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """One file a request carries: its media type (e.g. ``image/png`` or ``image/*``) and URL."""
+
+    media_type: str
+    url: str | None = None
+
+
+def media_type_matches(pattern: str, media_type: str) -> bool:
+    """Whether a media pattern such as ``image/*`` covers a media type (wildcards on either side)."""
+    if pattern in ("*", "*/*") or pattern == media_type:
+        return True
+    pattern_top, _, pattern_sub = pattern.partition("/")
+    type_top, _, type_sub = media_type.partition("/")
+    return pattern_top == type_top and "*" in (pattern_sub, type_sub)
+
+
+@dataclass(frozen=True)
+class FallbackRule:
+    """When `match` is true for a file the model cannot handle, run `model` (a config or a model id)."""
+
+    match: Callable[[MediaInfo], bool]
+    model: ModelConfig | str
+
+    @classmethod
+    def coerce(cls, rule: FallbackRule | Mapping[str, Any]) -> FallbackRule:
+        """A rule from a `FallbackRule` or the ``{"match": fn, "model": other}`` dict form."""
+        if isinstance(rule, FallbackRule):
+            return rule
+        if not isinstance(rule, Mapping) or set(rule) != {"match", "model"}:
+            raise ValueError("a fallback rule is a FallbackRule or a dict with exactly 'match' and 'model'")
+        match, model = rule["match"], rule["model"]
+        if not callable(match):
+            raise ValueError("a fallback rule's 'match' must be callable")
+        if not isinstance(model, ModelConfig | str):
+            raise ValueError("a fallback rule's 'model' must be a ModelConfig or a model id")
+        return cls(match=match, model=model)
+
+    @property
+    def model_id(self) -> str:
+        """The id of the target model."""
+        return self.model if isinstance(self.model, str) else self.model.id
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class ModelConfig(HookHost):
+    """A model registered in the Federation; products see only `to_public()`."""
+
+    id: str
+    provider: Provider
+    name: str = ""
+    description: str = ""
+    default: tuple[str, ...] = ()
+    fallback: tuple[FallbackRule, ...] = ()
+    bill: BillFn | None = None
+    hold_microcredits: int | None = None
+    upstream_model: str = ""
+    media: tuple[str, ...] = ()
+    hooks: Hooks = field(default_factory=Hooks)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError("a model id must be a non-empty string")
+        # Frozen: normalise the convenience defaults once, at construction.
+        object.__setattr__(self, "name", self.name or self.id)
+        object.__setattr__(self, "upstream_model", self.upstream_model or self.id)
+        object.__setattr__(self, "default", tuple(self.default))
+        object.__setattr__(self, "media", tuple(self.media))
+        object.__setattr__(self, "fallback", tuple(FallbackRule.coerce(r) for r in self.fallback))
+        missing = [p for p in self.default if p not in self.pathways]
+        if missing:
+            raise ValueError(f"model '{self.id}' cannot be the default for {missing}: it serves {list(self.pathways)}")
+        hold = self.hold_microcredits
+        if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0):
+            raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer")
+
+    @property
+    def pathways(self) -> tuple[str, ...]:
+        """The pathways this model serves, derived from its provider's capabilities."""
+        capabilities = self.provider.capabilities
+        return tuple(p for p in PATHWAYS if p in capabilities)
+
+    def accepts(self, media_type: str) -> bool:
+        """Whether the model takes this media type natively."""
+        return any(media_type_matches(pattern, media_type) for pattern in self.media)
+
+    def to_public(self) -> dict[str, Any]:
+        """What products may see: never base URLs, upstream model ids or keys."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "provider": self.provider.id,
+            "pathways": list(self.pathways),
+            "default_for": list(self.default),
+            "media": list(self.media),
+        }
+
+
+class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come from what a subclass defines
+    """One upstream. Subclasses define the actions they support; see `capabilities`.
+
+    - `create_client(api_key, base_url)` gives default `text` and `stream` actions (OpenAI-compatible API);
+    - `text(ctx)` / `stream(ctx)` replace them for custom upstreams;
+    - `openai(ctx)` handles `/chat/completions`; without it, a provider with `base_url` and `env_key` gets
+      auto passthrough;
+    - `image_create(ctx)` and `image_fetch(ctx)` together give the `image` capability;
+    - `video(ctx)`; `bill(ctx, output)` drafts a provider-level charge.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        env: Sequence[str] = (),
+        env_key: str | None = None,
+        base_url: str | None = None,
+        passthrough_model: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
+        if not isinstance(id, str) or not _ID_PATTERN.match(id):
+            raise ValueError(f"provider id {id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if timeout_s <= 0:
+            raise ValueError(f"provider '{id}': timeout_s must be positive")
+        self.id = id
+        self.env: tuple[str, ...] = (env,) if isinstance(env, str) else tuple(env)
+        self.env_key = env_key
+        self.base_url = base_url
+        self.passthrough_model = passthrough_model
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r})"
+
+    def defines(self, name: str) -> bool:
+        """Whether the subclass overrides the optional method `name`."""
+        return getattr(type(self), name, None) is not getattr(Provider, name)
+
+    @property
+    def has_bill(self) -> bool:
+        """Whether the subclass defines a provider-level `bill`."""
+        return self.defines("bill")
+
+    @property
+    def auto_passthrough(self) -> bool:
+        """Whether `/chat/completions` is forwarded as-is: no `openai` method, base_url and env_key set."""
+        return not self.defines("openai") and bool(self.base_url) and bool(self.env_key)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Which of "text", "stream", "openai", "image" and "video" this provider supports."""
+        has_client = self.defines("create_client")
+        found = set()
+        if has_client or self.defines("text"):
+            found.add("text")
+        if has_client or self.defines("stream"):
+            found.add("stream")
+        if self.defines("openai") or self.auto_passthrough:
+            found.add("openai")
+        if self.defines("image_create") and self.defines("image_fetch"):
+            found.add("image")
+        if self.defines("video"):
+            found.add("video")
+        return frozenset(found)
+
+    def model(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        description: str = "",
+        default: Sequence[str] | str = (),
+        fallback: Sequence[FallbackRule | Mapping[str, Any]] = (),
+        bill: BillFn | None = None,
+        hold_microcredits: int | None = None,
+        upstream_model: str | None = None,
+        media: Sequence[str] | str = (),
+        hooks: Hooks | None = None,
+    ) -> ModelConfig:
+        """A model served by this provider; `default` lists the pathways it is the default model for."""
+        return ModelConfig(
+            id=id,
+            provider=self,
+            name=name or id,
+            description=description,
+            default=(default,) if isinstance(default, str) else tuple(default),
+            fallback=tuple(FallbackRule.coerce(rule) for rule in fallback),
+            bill=bill,
+            hold_microcredits=hold_microcredits,
+            upstream_model=upstream_model or id,
+            media=(media,) if isinstance(media, str) else tuple(media),
+            hooks=hooks if hooks is not None else Hooks(),
+        )
+
+    def create_client(self, api_key: str, base_url: str) -> OpenAICompatibleClient:
+        """An OpenAI-compatible client; defining it gives default `text` and `stream` actions."""
+        raise NotImplementedError(f"provider '{self.id}' does not define create_client")
+
+    async def text(self, ctx: Context) -> ActionResult | UIMessage | dict[str, Any]:
+        """A custom text action: an ActionResult, a UIMessage or ``{"output": ..., "charge": ...}``."""
+        raise NotImplementedError(f"provider '{self.id}' does not define text")
+
+    def stream(self, ctx: Context) -> AsyncIterator[dict[str, Any]]:
+        """A custom stream action yielding UI message stream chunks; report usage via `ctx.metering`."""
+        raise NotImplementedError(f"provider '{self.id}' does not define stream")
+
+    async def openai(self, ctx: Context) -> dict[str, Any] | AsyncIterator[bytes]:
+        """A custom `/chat/completions` handler: a response body, or SSE bytes when `stream` is true."""
+        raise NotImplementedError(f"provider '{self.id}' does not define openai")
+
+    async def image_create(self, ctx: Context) -> ImageJobResult:
+        """Start an upstream image job."""
+        raise NotImplementedError(f"provider '{self.id}' does not define image_create")
+
+    async def image_fetch(self, ctx: Context) -> ImageJobResult:
+        """Poll the upstream for the job in `ctx.job`."""
+        raise NotImplementedError(f"provider '{self.id}' does not define image_fetch")
+
+    async def video(self, ctx: Context) -> dict[str, Any]:
+        """A custom video action."""
+        raise NotImplementedError(f"provider '{self.id}' does not define video")
+
+    def bill(self, ctx: Context, output: Any) -> ChargeDraft | dict[str, Any] | None:
+        """The provider-level charge for a successful call; None means no charge."""
+        return None
+
+    def extract_prompt(self, input: Mapping[str, Any] | Sequence[Any] | str) -> str:
+        """Flatten a prompt, UIMessages or OpenAI messages to plain text, one message per line."""
+        return "\n".join(_texts_of(input))
+
+
+def _texts_of(value: Any) -> list[str]:
+    if isinstance(value, BaseModel):
+        return _texts_of(value.model_dump(by_alias=True))
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, Mapping):
+        if "prompt" in value or "messages" in value:
+            return _texts_of(value.get("messages")) + _texts_of(value.get("prompt"))
+        return _message_texts(value)
+    if isinstance(value, Sequence):
+        return [text for item in value for text in _texts_of(item)]
+    return []
+
+
+def _message_texts(message: Mapping[str, Any]) -> list[str]:
+    parts = message.get("parts", message.get("content"))
+    if isinstance(parts, str):
+        return [parts] if parts else []
+    if not isinstance(parts, list):
+        return []
+    texts = [part.get("text") for part in parts if isinstance(part, Mapping) and part.get("type") in _TEXT_PART_TYPES]
+    joined = "\n".join(text for text in texts if isinstance(text, str) and text)
+    return [joined] if joined else []

@@ -1,0 +1,397 @@
+"""The Ledger: idempotent, serialized, group-committed billing in integer microcredits.
+
+Every mutation goes through one asyncio queue. A single worker takes the ops in arrival order, applies
+them to an in-memory cache of balances, writes the whole batch in one transaction and only then resolves
+each caller's future, so an awaited op is durable. Idempotency keys are unique in the database, so a
+replayed op (a client retry, an actor restart) returns its first result instead of charging twice.
+
+A settled charge is applied in full even when it exceeds its hold, when there was no hold (admission
+by "balance > 0"), and when the hold had already expired or been released: the hold is the upper bound
+the operator declares at admission, and a completed call's charge is never dropped. So the balance can
+only go below zero by a settle above its hold or without one; reserves and debits never overdraw.
+
+The balance cache assumes one writer per user: one `Ledger` per database, or one per shard
+(`shard=(index, count)`) behind `ShardedLedger` / the Ray actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any, cast
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from downcity.errors import DowncityHTTPError, invalid
+from downcity.ledger.checks import (
+    check_amount,
+    check_metadata,
+    check_optional_text,
+    check_text,
+    normalize_usage,
+)
+from downcity.ledger.ops import Account, BatchState, EntryRow, HoldRow, Op, OpKind, Outcome, decide
+from downcity.ledger.store import commit_one_trip, entry_row, load_batch, mark_persisted, write_batch
+from downcity.ledger.types import (
+    Balance,
+    HoldResult,
+    LedgerEntry,
+    SettleResult,
+    shard_of,
+)
+from downcity.metrics import Metrics, NoMetrics
+from downcity.settings import DEFAULT_HOLD_EXPIRY_S
+from downcity.store.database import Database
+from downcity.store.database import now_ms as current_ms
+from downcity.store.schema import balances, ledger_entries
+
+logger = logging.getLogger(__name__)
+
+_MAX_CACHED_USERS = 100_000
+_MAX_KNOWN_KEYS = 100_000
+_MAX_HISTORY = 500
+_MAX_REF_LENGTH = 200
+_MIN_SWEEP_INTERVAL_S = 1.0
+_MAX_SWEEP_INTERVAL_S = 60.0
+
+
+def _ledger_unavailable(exc: BaseException) -> DowncityHTTPError:
+    return DowncityHTTPError(503, "ledger_unavailable", f"the ledger could not commit: {type(exc).__name__}")
+
+
+class Ledger:
+    """Idempotent, serialized, group-committed balance mutations over one `Database`."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch: int = 512,
+        flush_interval_ms: float = 0.0,
+        group_commit: bool = True,
+        hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S,
+        sweep_interval_s: float | None = None,
+        shard: tuple[int, int] = (0, 1),
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.db = db
+        self.max_batch = max_batch if group_commit else 1
+        self.flush_interval_s = flush_interval_ms / 1000
+        self.group_commit = group_commit
+        self.hold_expiry_s = hold_expiry_s
+        default_interval = min(_MAX_SWEEP_INTERVAL_S, max(_MIN_SWEEP_INTERVAL_S, hold_expiry_s / 2))
+        self.sweep_interval_s = sweep_interval_s if sweep_interval_s is not None else default_interval
+        self.shard = shard
+        self.metrics = metrics or NoMetrics()
+        self._cache: dict[str, Account] = {}
+        # The committed hold and entry of recently used keys, so their next op needs no read.
+        self._known: OrderedDict[str, tuple[HoldRow | None, EntryRow | None]] = OrderedDict()
+        self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start the batch worker and the hold sweeper."""
+        if self._worker is not None:
+            return
+        if self._closed:
+            raise RuntimeError("this Ledger was closed; create a new one")
+        self._worker = asyncio.create_task(self._run(), name="ledger-worker")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="ledger-sweeper")
+
+    async def close(self) -> None:
+        """Finish every queued op, then stop the worker and the sweeper."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._worker is not None:
+            self._queue.put_nowait(None)
+            await self._worker
+
+    def owns(self, user_id: str) -> bool:
+        """Whether this ledger's shard is the one that mutates `user_id`."""
+        index, count = self.shard
+        return count == 1 or shard_of(user_id, count) == index
+
+    async def credit(self, key: str, user_id: str, amount: int, note: str | None = None) -> LedgerEntry:
+        """Add `amount` to the user's balance."""
+        entry = await self._mutation("credit", key, user_id, check_amount(amount, positive=True), note=note)
+        return cast(LedgerEntry, entry)
+
+    async def debit(self, key: str, user_id: str, amount: int, note: str | None = None) -> LedgerEntry:
+        """Take `amount` from the user's balance; 402 when the available balance is short."""
+        entry = await self._mutation("debit", key, user_id, check_amount(amount, positive=True), note=note)
+        return cast(LedgerEntry, entry)
+
+    async def reserve(self, key: str, user_id: str, amount: int) -> HoldResult:
+        """Hold `amount` for a call; 402 when balance minus held is below it."""
+        hold = await self._mutation("reserve", key, user_id, check_amount(amount, positive=False))
+        return cast(HoldResult, hold)
+
+    async def settle(
+        self,
+        key: str,
+        user_id: str,
+        amount: int,
+        *,
+        ref: str | None = None,
+        note: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> SettleResult:
+        """Charge the final amount, settle the hold with this key and record usage, in one transaction."""
+        result = await self._mutation(
+            "settle",
+            key,
+            user_id,
+            check_amount(amount, positive=False),
+            ref=check_optional_text(ref, "ref", _MAX_REF_LENGTH),
+            note=note,
+            metadata=check_metadata(metadata),
+            usage=normalize_usage(usage) if usage is not None else None,
+        )
+        return cast(SettleResult, result)
+
+    async def release(
+        self, key: str, *, user_id: str | None = None, usage: dict[str, Any] | None = None
+    ) -> HoldResult | None:
+        """Release the hold with this key without charging, recording the (error) usage row."""
+        if user_id is not None:
+            self._check_owner(user_id)
+        elif self.shard[1] > 1:
+            raise invalid("user_id is required to release on a sharded ledger", field="user_id")
+        row = normalize_usage(usage) if usage is not None else None
+        op = Op("release", self._future(), check_text(key, "idempotency_key"), user_id, usage=row)
+        return cast(HoldResult | None, await self._submit(op))
+
+    async def record_usage(self, usage: dict[str, Any]) -> None:
+        """Record a usage row for an unbilled call."""
+        await self._submit(Op("usage", self._future(), usage=normalize_usage(usage)))
+
+    async def sweep_expired_holds(self, now_ms: int | None = None) -> int:
+        """Release every hold older than `hold_expiry_s`; returns how many were released."""
+        stamp = now_ms if now_ms is not None else current_ms()
+        result: int = await self._submit(Op("sweep", self._future(), now_ms=stamp))
+        return result
+
+    async def balance(self, user_id: str) -> Balance:
+        """The user's committed balance."""
+        check_text(user_id, "user_id")
+        async with self.db.connect() as conn:
+            row = (await conn.execute(select(balances).where(balances.c.user_id == user_id))).first()
+        if row is None:
+            return Balance(user_id=user_id, balance=0, held=0, available=0)
+        credits, held = row.credits_microcredits, row.held_microcredits
+        return Balance(user_id=user_id, balance=credits, held=held, available=credits - held)
+
+    async def history(self, user_id: str, limit: int = 50, before_id: int | None = None) -> list[LedgerEntry]:
+        """The user's committed entries, newest first, optionally before an entry id."""
+        check_text(user_id, "user_id")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
+            raise invalid(f"limit must be an integer from 1 to {_MAX_HISTORY}", field="limit")
+        query = select(ledger_entries).where(ledger_entries.c.user_id == user_id)
+        if before_id is not None:
+            if isinstance(before_id, bool) or not isinstance(before_id, int):
+                raise invalid("before_id must be an integer", field="before_id")
+            query = query.where(ledger_entries.c.id < before_id)
+        query = query.order_by(ledger_entries.c.id.desc()).limit(limit)
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [entry_row(row).to_entry() for row in rows]
+
+    async def _mutation(self, kind: OpKind, key: str, user_id: str, amount: int, **fields: Any) -> Any:
+        check_text(key, "idempotency_key")
+        self._check_owner(user_id)
+        note = check_optional_text(fields.pop("note", None), "note")
+        return await self._submit(Op(kind, self._future(), key, user_id, amount, note=note, **fields))
+
+    def _check_owner(self, user_id: str) -> None:
+        check_text(user_id, "user_id")
+        if not self.owns(user_id):
+            raise ValueError(f"user {user_id!r} belongs to another ledger shard than {self.shard}")
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, op: Op) -> Any:
+        if self._worker is None or self._closed:
+            raise RuntimeError("Ledger is not running: call start() first")
+        self._queue.put_nowait(op)
+        return await op.future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = await self._fill(batch) if self.group_commit else False
+            started = time.perf_counter()
+            await self._process(batch)
+            elapsed = time.perf_counter() - started
+            self.metrics.ledger_batch(
+                shard=self.shard[0], ops=len(batch), queue_depth=self._queue.qsize(), commit_s=elapsed
+            )
+            if stop:
+                return
+
+    async def _fill(self, batch: list[Op]) -> bool:
+        """Take queued ops up to max_batch, waiting up to the flush interval; True when closing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.flush_interval_s
+        while len(batch) < self.max_batch:
+            try:
+                op = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    op = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    return False
+            if op is None:
+                return True
+            batch.append(op)
+        return False
+
+    async def _process(self, batch: list[Op]) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                await self._retry_alone(batch[0], exc)
+                return
+            logger.warning("ledger batch of %d failed (%r); retrying its ops one by one", len(batch), exc)
+            for op in batch:
+                try:
+                    await self._commit([op])
+                except Exception as single_exc:
+                    await self._retry_alone(op, single_exc)
+
+    async def _retry_alone(self, op: Op, exc: Exception) -> None:
+        """A unique-key race (another writer got there first) resolves on a fresh read; else it fails."""
+        if isinstance(exc, IntegrityError):
+            try:
+                await self._commit([op])
+                return
+            except Exception as again:
+                exc = again
+        logger.error("ledger op %s %r failed: %r", op.kind, op.key, exc)
+        if not op.future.done():
+            op.future.set_exception(_ledger_unavailable(exc))
+
+    async def _commit(self, ops: list[Op]) -> None:
+        state, outcomes = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
+        mark_persisted(state)
+        self._cache.update(state.touched)
+        self._remember(state, ops)
+        if len(self._cache) > _MAX_CACHED_USERS:
+            self._cache.clear()
+        for op, outcome in zip(ops, outcomes, strict=True):
+            if op.future.done():
+                continue
+            if isinstance(outcome, DowncityHTTPError):
+                op.future.set_exception(outcome)
+            else:
+                op.future.set_result(outcome())
+
+    async def _commit_in_one_trip(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]] | None:
+        """Decide from what this Ledger knows and write in one statement; None when the batch must load."""
+        assumed_new = self._unseen_keys(ops)
+        if assumed_new is None:
+            return None
+        # Copies: a rolled-back attempt leaves the cache as it was.
+        users = {op.user_id for op in ops if op.user_id is not None}
+        for op in ops:
+            hold = self._known[op.key][0] if op.key in self._known else None
+            if hold is not None:
+                users.add(hold.user_id)
+        state = BatchState({user_id: replace(self._cache[user_id]) for user_id in users}, current_ms())
+        self._recall(state, ops)
+        outcomes = [decide(state, op) for op in ops]
+        if not await commit_one_trip(self.db, state, assumed_new):
+            return None
+        return state, outcomes
+
+    async def _commit_after_loading(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]]:
+        """Load the batch's keys and uncached accounts, decide, and write, in one transaction."""
+        state = BatchState(self._cache, current_ms())
+        try:
+            async with self.db.begin() as conn:
+                await load_batch(self.db, conn, state, ops, self.hold_expiry_s * 1000, self.owns)
+                outcomes = [decide(state, op) for op in ops]
+                await write_batch(self.db, conn, state)
+        except BaseException:
+            # The transaction rolled back: forget what it changed so those users reload from the DB.
+            for user_id in state.touched:
+                self._cache.pop(user_id, None)
+            raise
+        return state, outcomes
+
+    def _unseen_keys(self, ops: list[Op]) -> list[str] | None:
+        """The batch's keys this Ledger never saw, when it can take the one-trip path; None when it must load.
+
+        The one-trip path needs every account cached (loaded once under a row lock) and no sweep, whose
+        expired holds only a query can find. Unseen keys are assumed new and checked by the write itself.
+        """
+        if self.db.dialect != "postgresql":
+            return None
+        unseen: list[str] = []
+        for op in ops:
+            if op.kind == "sweep" or (op.user_id is not None and op.user_id not in self._cache):
+                return None
+            if not op.key:
+                continue
+            known = self._known.get(op.key)
+            if known is None:
+                unseen.append(op.key)
+            elif known[0] is not None and known[0].user_id not in self._cache:
+                return None
+        return unseen
+
+    def _recall(self, state: BatchState, ops: list[Op]) -> None:
+        """Put what this Ledger knows of the batch's keys into the batch, as copies it may change."""
+        for op in ops:
+            known = self._known.get(op.key) if op.key else None
+            if known is None:
+                continue
+            hold, entry = known
+            if hold is not None:
+                state.holds[op.key] = replace(hold)
+            if entry is not None:
+                state.entries[op.key] = entry
+
+    def _remember(self, state: BatchState, ops: list[Op]) -> None:
+        """After commit: the batch's keys are now known exactly, and so are the holds it changed."""
+        keys = {op.key for op in ops if op.key}
+        changed = (key for key in state.holds if key not in keys and key in self._known)
+        for key in (*keys, *changed):
+            hold = state.holds.get(key)
+            committed = replace(hold, is_new=False, dirty=False) if hold is not None else None
+            entry = state.entries.get(key) if key in keys else self._known[key][1]
+            self._known[key] = (committed, entry)
+            self._known.move_to_end(key)
+        while len(self._known) > _MAX_KNOWN_KEYS:
+            self._known.popitem(last=False)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                released = await self.sweep_expired_holds()
+            except Exception as exc:
+                logger.warning("hold sweep failed: %r", exc)
+                continue
+            if released:
+                logger.info("released %d expired holds", released)

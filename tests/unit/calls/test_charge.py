@@ -1,0 +1,83 @@
+"""Billing priority: the action's charge, then the model's bill, then the provider's bill, then none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from downcity.ai.context import CityInfo, Context, UserInfo
+from downcity.ai.provider import ModelConfig, Provider
+from downcity.calls.charge import resolve_charge
+from downcity.errors import DowncityHTTPError
+from downcity.types import ChargeDraft
+
+
+class Plain(Provider):
+    async def text(self, ctx: Context) -> dict[str, Any]:
+        return {"output": "ok"}
+
+
+class Billed(Plain):
+    def bill(self, ctx: Context, output: Any) -> ChargeDraft:
+        return ChargeDraft(amount_microcredits=300, note=f"provider:{output}")
+
+
+def _model_bill(ctx: Context, output: Any) -> ChargeDraft:
+    return ChargeDraft(amount_microcredits=200, user_id=ctx.user.user_id, note=f"model:{output}")
+
+
+def _ctx(model: ModelConfig) -> Context:
+    return Context(
+        input={},
+        user=UserInfo(user_id="u1"),
+        city=CityInfo(city_id="c1"),
+        model=model,
+        pathway="text",
+        request_id="req_1",
+    )
+
+
+def _resolve(action: ChargeDraft | None, model: ModelConfig) -> ChargeDraft | None:
+    return resolve_charge(action, model, model.provider, _ctx(model), "out")
+
+
+def test_the_action_charge_wins() -> None:
+    model = Billed("billed").model("m", bill=_model_bill)
+    action = ChargeDraft(amount_microcredits=100)
+    assert _resolve(action, model) == action
+
+
+def test_the_model_bill_comes_before_the_provider_bill() -> None:
+    model = Billed("billed").model("m", bill=_model_bill)
+    assert _resolve(None, model) == ChargeDraft(amount_microcredits=200, user_id="u1", note="model:out")
+
+
+def test_the_provider_bill_applies_without_action_or_model_charge() -> None:
+    model = Billed("billed").model("m")
+    assert _resolve(None, model) == ChargeDraft(amount_microcredits=300, note="provider:out")
+
+
+def test_no_charge_without_any_bill() -> None:
+    assert _resolve(None, Plain("plain").model("m")) is None
+
+
+def test_a_model_bill_returning_none_defers_to_the_provider_bill() -> None:
+    model = Billed("billed").model("m", bill=lambda ctx, output: None)
+    assert _resolve(None, model) == ChargeDraft(amount_microcredits=300, note="provider:out")
+
+
+def test_a_dict_from_a_bill_becomes_a_charge_draft() -> None:
+    model = Plain("plain").model("m", bill=lambda ctx, output: {"amount_microcredits": 7, "ref": "r1"})
+    assert _resolve(None, model) == ChargeDraft(amount_microcredits=7, ref="r1")
+
+
+def test_an_invalid_bill_result_is_a_502() -> None:
+    model = Plain("plain").model("m", bill=lambda ctx, output: {"amount_microcredits": -1})
+    with pytest.raises(DowncityHTTPError) as caught:
+        _resolve(None, model)
+    assert (caught.value.status, caught.value.type, caught.value.message) == (
+        502,
+        "provider_error",
+        "the bill of model 'm' returned an invalid charge",
+    )
