@@ -36,6 +36,10 @@ from downcity import (
 UPSTREAM_URL = os.environ.get("EXAMPLE_UPSTREAM_URL", "http://127.0.0.1:9000/v1")
 PREMIUM_MODELS = {"deepseek-vl"}
 FLAT_PRICE = 500
+FRAME_PRICE = 1_000
+IMAGE_PRICE = 20_000
+# The most images one create may ask for (`count` is at most 8).
+MAX_IMAGES = 8
 CITY_SYSTEM_PROMPTS = {"kids": "Answer kindly and simply."}
 
 
@@ -71,7 +75,7 @@ class LocalTools(Provider):
     async def video(self, ctx: Context) -> dict[str, Any]:
         """A storyboard "video": one frame per word of the reversed prompt, 1,000 microcredits a frame."""
         frames = self.extract_prompt(ctx.input)[::-1].split()
-        ctx.metering.set_charge(ChargeDraft(amount_microcredits=1_000 * len(frames), note="storyboard frames"))
+        ctx.metering.set_charge(ChargeDraft(amount_microcredits=FRAME_PRICE * len(frames), note="storyboard frames"))
         return {"frames": frames, "duration_s": len(frames)}
 
 
@@ -110,7 +114,7 @@ class DeepSeekImages(Provider):
 def per_image(ctx: Context, output: UIMessage) -> ChargeDraft:
     """20,000 microcredits per generated image."""
     images = sum(1 for part in output.parts if part.type == "file")
-    return ChargeDraft(amount_microcredits=20_000 * images, ref=ctx.request_id, note=f"{images} image(s)")
+    return ChargeDraft(amount_microcredits=IMAGE_PRICE * images, ref=ctx.request_id, note=f"{images} image(s)")
 
 
 def per_token(ctx: Context, output: Any) -> ChargeDraft:
@@ -149,9 +153,17 @@ flat = deepseek.model(
     bill=lambda ctx, output: ChargeDraft(amount_microcredits=FLAT_PRICE, ref=ctx.request_id),
     hold_microcredits=FLAT_PRICE,
 )
-reverse = local_tools.model("reverse", name="Reverse", description="Reverses the prompt.")
+# The storyboard video charges per frame: its hold bounds a call at 50 frames.
+reverse = local_tools.model(
+    "reverse", name="Reverse", description="Reverses the prompt.", hold_microcredits=50 * FRAME_PRICE
+)
 image = deepseek_images.model(
-    "deepseek-image", name="DeepSeek Image", description="Async image generation.", default="image", bill=per_image
+    "deepseek-image",
+    name="DeepSeek Image",
+    description="Async image generation.",
+    default="image",
+    bill=per_image,
+    hold_microcredits=MAX_IMAGES * IMAGE_PRICE,
 )
 
 ai = AIService().use(chat).use(vision).use(flat).use(reverse).use(image)

@@ -100,6 +100,16 @@ class ModelConfig(HookHost):
         hold = self.hold_microcredits
         if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0):
             raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer")
+        if (self.bill is not None or self.provider.has_bill) and not hold:
+            raise ValueError(
+                f"model '{self.id}' is billable but declares no hold_microcredits: set the most one call may cost, "
+                "so every call is admitted inside a hold"
+            )
+
+    @property
+    def billable(self) -> bool:
+        """Whether calls are admitted inside a hold and may be charged: the model declares a positive hold."""
+        return bool(self.hold_microcredits)
 
     @property
     def pathways(self) -> tuple[str, ...]:

@@ -3,16 +3,19 @@
 Order of a call:
 1. resolve the model (explicit id or the pathway default) and apply media fallback;
 2. run `before` hooks (federation → service → model); a hook may deny (e.g. 402/429) or edit `ctx.input`;
-3. admit: reserve the model's hold estimate, or, for a billable model without one, require a positive balance;
+3. admit: a billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
+   so every upstream call has its own hold, entry and usage row;
 4. call the provider deployment;
 5. resolve the charge (action charge > model bill > provider bill > none) and settle it with the usage row
-   in one ledger transaction;
-6. run `after` hooks (model → service → federation). On a failure after admission the hold is released,
-   an error usage row is written and `on_error` hooks run (model → service → federation).
+   in one ledger transaction; the Ledger never charges more than the hold;
+6. run `after` hooks (model → service → federation); a failing after hook is logged, never turned into an
+   error for a call that is already paid. On a failure after admission the hold is released, an error usage
+   row is written and `on_error` hooks run (model → service → federation).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,10 +35,19 @@ from downcity.runtime import Runtime
 from downcity.store.database import now_ms
 from downcity.types import ChargeDraft, Usage
 
+logger = logging.getLogger(__name__)
+
 
 def new_request_id() -> str:
     """A fresh request id."""
     return f"req_{uuid.uuid4().hex}"
+
+
+def unbounded_charge(model: ModelConfig) -> DowncityHTTPError:
+    """The error of an action that charged on a model with no hold to bound it (an operator's mistake)."""
+    return DowncityHTTPError(
+        502, "provider_error", f"model '{model.id}' charged a call but declares no hold_microcredits to bound it"
+    )
 
 
 @dataclass
@@ -46,14 +58,20 @@ class Call:
     caller: Caller
     pathway: str
     request_id: str
-    key: str
     model: ModelConfig
     fallback_from: str | None
     ctx: Context
     chain: list[Any]
+    idempotency_key: str | None = None
     started: float = field(default_factory=time.perf_counter)
     reserved: bool = False
     settled: bool = False
+    usage_source: str = "upstream"
+
+    @property
+    def key(self) -> str:
+        """The call's ledger key: one hold, one entry and one usage row per upstream call."""
+        return f"call:{self.request_id}"
 
     def action_request(self) -> ActionRequest:
         """The serializable request the provider deployment runs."""
@@ -76,7 +94,7 @@ class Call:
         usage = self.ctx.metering.usage
         return {
             "request_id": self.request_id,
-            "idempotency_key": self.key,
+            "idempotency_key": self.idempotency_key,
             "city_id": self.caller.city_id,
             "user_id": self.caller.user_id,
             "pathway": self.pathway,
@@ -92,6 +110,7 @@ class Call:
             "reasoning_tokens": usage.reasoning_tokens,
             "duration_ms": self.elapsed_ms(),
             "ttfb_ms": self.ctx.metering.ttfb_ms,
+            "usage_source": self.usage_source,
             "created_at_ms": now_ms(),
         }
 
@@ -102,6 +121,11 @@ class Call:
             self.ctx.metering.set_charge(action_charge)
         if ttfb_ms is not None and self.ctx.metering.ttfb_ms is None:
             self.ctx.metering.ttfb_ms = ttfb_ms
+
+    def estimate(self, usage: Usage) -> None:
+        """Bill from metered tokens: the upstream's report never arrived."""
+        self.ctx.metering.set_usage(usage)
+        self.usage_source = "estimated"
 
     def report(self, status: str, charged_microcredits: int = 0, error_type: str | None = None) -> None:
         """Report the finished call to the runtime's metrics."""
@@ -130,16 +154,20 @@ class Call:
             report.get("ttfb_ms"),
         )
 
-    async def succeed(self, output: Any) -> ChargeDraft | None:
-        """Resolve and settle the charge, write usage, then run `after` hooks."""
+    async def succeed(self, output: Any, status: str = "ok") -> ChargeDraft | None:
+        """Settle the charge with the usage row (durable on return), then run `after` hooks.
+
+        Returns the charge as applied: the Ledger never takes more than the call's hold.
+        """
         self.ctx.output = output
         self.ctx.duration_ms = self.elapsed_ms()
         charge = resolve_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
         amount = charge.amount_microcredits if charge is not None else 0
-        row = self.usage_row("ok", 200)
-        ledger = self.runtime.ledger
-        if amount > 0 or self.reserved:
-            await ledger.settle(
+        if amount > 0 and not self.reserved:
+            raise unbounded_charge(self.model)
+        row = self.usage_row(status, 200 if status == "ok" else 499)
+        if self.reserved:
+            settled = await self.runtime.ledger.settle(
                 self.key,
                 self.caller.user_id,
                 amount,
@@ -148,11 +176,19 @@ class Call:
                 metadata=charge.metadata if charge else None,
                 usage=row,
             )
+            applied = settled.entry.amount_microcredits if settled.entry is not None else 0
+            if charge is not None and applied != amount:
+                charge = charge.model_copy(update={"amount_microcredits": applied})
+            amount = applied
         else:
-            await ledger.record_usage(row)
+            await self.runtime.ledger.record_usage(row)
         self.settled = True
-        self.report("ok", amount)
-        await run_after(self.ctx, self.chain)
+        self.report(status, amount)
+        try:
+            await run_after(self.ctx, self.chain)
+        except Exception:
+            # The answer is paid for: an after hook's failure is the operator's to see, not the caller's.
+            logger.exception("after hook failed for %s (the call is settled)", self.request_id)
         return charge
 
     async def fail(self, error: DowncityHTTPError, status: str = "error") -> None:
@@ -164,28 +200,25 @@ class Call:
         self.ctx.duration_ms = self.elapsed_ms()
         row = self.usage_row(status, error.status, error.type)
         if self.reserved:
-            await self.runtime.ledger.release(self.key, usage=row)
+            await self.runtime.ledger.release(self.key, user_id=self.caller.user_id, usage=row)
         else:
             await self.runtime.ledger.record_usage(row)
         self.report(status, error_type=error.type)
         await run_on_error(self.ctx, self.chain)
 
 
-def call_key(caller: Caller, client_key: str | None, request_id: str) -> str:
-    """The idempotency key of a call: the client's key scoped to the caller, else the request id."""
-    if client_key:
-        return f"call:{caller.city_id}:{caller.user_id}:{client_key}"
-    return f"call:{request_id}"
-
-
 async def begin_call(
-    runtime: Runtime, caller: Caller, pathway: str, body: dict[str, Any], client_key: str | None
+    runtime: Runtime,
+    caller: Caller,
+    pathway: str,
+    body: dict[str, Any],
+    request_id: str,
+    idempotency_key: str | None = None,
 ) -> Call:
     """Resolve, run `before` hooks and admit a call; raises before any provider work on refusal."""
     federation = runtime.federation
     requested = resolve_model(federation, pathway, body.get("model"))
     model, fallback_from = apply_fallback(federation, requested, extract_media(body), pathway)
-    request_id = new_request_id()
     ctx = Context(
         input=dict(body),
         user=caller.user_info(),
@@ -202,11 +235,11 @@ async def begin_call(
         caller=caller,
         pathway=pathway,
         request_id=request_id,
-        key=call_key(caller, client_key, request_id),
         model=model,
         fallback_from=fallback_from,
         ctx=ctx,
         chain=federation.hook_chain(model),
+        idempotency_key=idempotency_key,
     )
     try:
         await run_before(ctx, call.chain)

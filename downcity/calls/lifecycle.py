@@ -1,10 +1,15 @@
-"""One call per pathway, from admission to the last byte: run at the provider, then succeed, fail or disconnect.
+"""One call per pathway, from its Idempotency-Key to the last byte: claim, admit, run, then succeed or fail.
 
 Routes parse and frame; everything that happens to a call's money and usage happens here, once per pathway:
-`text`, `ui_stream`, `chat`, `chat_stream` and `video`. Each begins the call (model, fallback, hooks,
-admission), calls the provider deployment and ends the call exactly once: `succeed` settles the charge with the
-usage row, `fail` releases the hold with an error row, and a stream whose client went away is settled for what
-the upstream reported (see docs/operators/billing.md).
+`text`, `ui_stream`, `chat`, `chat_stream` and `video`. Each claims the client's key (see `replays`), begins the
+call (model, fallback, hooks, hold), calls the provider deployment and ends the call exactly once:
+
+- `succeed` settles the charge with the usage row; a response, or a stream's final frame (`finish` + `[DONE]`,
+  or the upstream's own `[DONE]`), is sent only after that commit;
+- `fail` releases the hold with an error row, when nothing reached the client;
+- a stream that ends early (the client went away, or the upstream failed) after content reached the client is
+  billed for what was delivered: the upstream's usage if it arrived, else tokens metered from the delivered text
+  and the prompt (`usage_source: "estimated"`), never more than the hold.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from downcity.ai.messages import build_assistant_message
 from downcity.auth.caller import Caller
-from downcity.calls.call import Call, begin_call
-from downcity.calls.replays import ReplayStore, request_hash
+from downcity.calls.call import Call, begin_call, new_request_id
+from downcity.calls.delivery import Delivery
+from downcity.calls.replays import ClaimScope, ClaimStore, Replay, request_hash
 from downcity.calls.sse import DONE, error_frame, frame, frames
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import USAGE_CHUNK_TYPE
 from downcity.runtime import Runtime
 from downcity.types import ChargeDraft
+
+# A stream longer than this is not stored for replay; its replays get 409 `idempotency_stream_replay`.
+MAX_STORED_STREAM_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,39 @@ class Answer:
     replayed: bool = False
 
 
+@dataclass
+class Claim:
+    """The call's hold on its client's Idempotency-Key, if it sent one."""
+
+    store: ClaimStore
+    key: str | None
+    owner: str
+    replay: Replay | None = None
+
+    @classmethod
+    async def take(
+        cls, runtime: Runtime, caller: Caller, pathway: str, body: dict[str, Any], client_key: str | None
+    ) -> Claim:
+        """Claim `client_key` for a new request id, or learn its stored answer; 409s before any work."""
+        claim = cls(ClaimStore(runtime.db), None, new_request_id())
+        if client_key is None:
+            return claim
+        scope = ClaimScope(caller.city_id, caller.user_id, pathway, client_key, request_hash(body))
+        claim.key = scope.key_hash
+        claim.replay = await claim.store.claim(scope, claim.owner, runtime.settings.hold_expiry_s * 1000)
+        return claim
+
+    async def complete(self, body: dict[str, Any], status_code: int = 200) -> None:
+        """Store the answer for replays."""
+        if self.key is not None:
+            await self.store.complete(self.key, self.owner, status_code, body)
+
+    async def abandon(self) -> None:
+        """Free the key: nothing was delivered, so a retry may run afresh."""
+        if self.key is not None:
+            await self.store.abandon(self.key, self.owner)
+
+
 def _charge_body(charge: ChargeDraft | None) -> dict[str, Any] | None:
     return charge.model_dump() if charge is not None else None
 
@@ -42,125 +84,205 @@ def _call_metadata(call: Call, charge: ChargeDraft | None) -> dict[str, Any]:
     return {"model": call.model.id, "usage": call.ctx.metering.usage.model_dump(), "charge": _charge_body(charge)}
 
 
+async def _begin(claim: Claim, runtime: Runtime, caller: Caller, pathway: str, body: dict[str, Any]) -> Call:
+    try:
+        return await begin_call(runtime, caller, pathway, body, claim.owner, claim.key)
+    except BaseException:
+        await claim.abandon()
+        raise
+
+
 async def text(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Answer:
-    """One assistant UIMessage; with `client_key`, a replay of the same body returns the stored message."""
-    if not client_key:
-        return Answer(await _run_text(await begin_call(runtime, caller, "text", body, None)))
-    replays = ReplayStore(runtime.db)
-    replay_key = f"text:{caller.city_id}:{caller.user_id}:{client_key}"
-    digest = request_hash(body)
-    stored = await replays.get(replay_key, caller.user_id, digest)
-    if stored is not None:
-        return Answer(stored[1], replayed=True)
-    result = await _run_text(await begin_call(runtime, caller, "text", body, client_key))
-    await replays.put(replay_key, caller.user_id, digest, 200, result)
+    """One assistant UIMessage; a replay of the same key and body returns the stored message."""
+    claim = await Claim.take(runtime, caller, "text", body, client_key)
+    if claim.replay is not None:
+        return Answer(claim.replay.body, replayed=True)
+    call = await _begin(claim, runtime, caller, "text", body)
+    try:
+        outcome = await runtime.gateway.text(call.model.provider.id, call.action_request())
+        call.record(outcome.usage, outcome.charge, outcome.ttfb_ms)
+        charge = await call.succeed(outcome.output)
+    except DowncityHTTPError as error:
+        await _fail_unsent(call, claim, error)
+        raise
+    message = outcome.output.model_copy(update={"id": outcome.output.id or call.request_id})
+    message.metadata = {**message.metadata, **_call_metadata(call, charge)}
+    result = message.model_dump(mode="json", by_alias=True)
+    await claim.complete(result)
     return Answer(result)
 
 
-async def _run_text(call: Call) -> dict[str, Any]:
+async def chat(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Answer:
+    """An OpenAI chat/completions response: the provider's `openai()` or the upstream's, as-is."""
+    claim = await Claim.take(runtime, caller, "openai", body, client_key)
+    if claim.replay is not None:
+        return Answer(claim.replay.body, replayed=True)
+    call = await _begin(claim, runtime, caller, "openai", body)
     try:
-        outcome = await call.runtime.gateway.text(call.model.provider.id, call.action_request())
+        outcome = await runtime.gateway.openai(call.model.provider.id, call.action_request())
+        call.record(outcome.usage, outcome.charge, None)
+        await call.succeed(outcome.body)
     except DowncityHTTPError as error:
-        await call.fail(error)
+        await _fail_unsent(call, claim, error)
         raise
-    call.record(outcome.usage, outcome.charge, outcome.ttfb_ms)
-    charge = await call.succeed(outcome.output)
-    message = outcome.output.model_copy(update={"id": outcome.output.id or call.request_id})
-    message.metadata = {**message.metadata, **_call_metadata(call, charge)}
-    return message.model_dump(mode="json", by_alias=True)
+    await claim.complete(outcome.body)
+    return Answer(outcome.body)
+
+
+async def video(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Answer:
+    """A provider's `video` action: its JSON result with the model and charge."""
+    claim = await Claim.take(runtime, caller, "video", body, client_key)
+    if claim.replay is not None:
+        return Answer(claim.replay.body, replayed=True)
+    call = await _begin(claim, runtime, caller, "video", body)
+    try:
+        outcome = await runtime.gateway.video(call.model.provider.id, call.action_request())
+        call.record(outcome.usage, outcome.charge, outcome.ttfb_ms)
+        charge = await call.succeed(outcome.body)
+    except DowncityHTTPError as error:
+        await _fail_unsent(call, claim, error)
+        raise
+    result = {**outcome.body, "metadata": {"model": call.model.id, "charge": _charge_body(charge)}}
+    await claim.complete(result)
+    return Answer(result)
+
+
+async def _fail_unsent(call: Call, claim: Claim, error: DowncityHTTPError) -> None:
+    await call.fail(error)
+    await claim.abandon()
+
+
+def _replayed_stream(replay: Replay) -> AsyncIterator[bytes]:
+    stored = replay.body.get("sse")
+    if not isinstance(stored, str):
+        raise DowncityHTTPError(
+            409,
+            "idempotency_stream_replay",
+            "the stream with this Idempotency-Key was too long to store; use a new key",
+            "Idempotency-Key",
+        )
+
+    async def replay_bytes() -> AsyncIterator[bytes]:
+        yield stored.encode()
+
+    return replay_bytes()
+
+
+@dataclass
+class _StreamState:
+    """What one stream sent: its bytes (for replay) and the delivery meter (for billing an early end)."""
+
+    call: Call
+    claim: Claim
+    delivery: Delivery
+    sent: list[bytes] = field(default_factory=list)
+    size: int = 0
+    done: bool = False
+
+    def keep(self, data: bytes) -> bytes:
+        """Remember bytes about to be sent (while they fit the replay store)."""
+        if self.claim.key is not None and self.size <= MAX_STORED_STREAM_BYTES:
+            self.sent.append(data)
+            self.size += len(data)
+        return data
+
+    async def store(self, tail: bytes) -> None:
+        """Store the whole stream, `tail` included, for replays."""
+        if self.size + len(tail) <= MAX_STORED_STREAM_BYTES:
+            await self.claim.complete({"sse": b"".join([*self.sent, tail]).decode()})
+        else:
+            await self.claim.complete({"too_large": True})
+
+    async def end_early(self, error: DowncityHTTPError | None, tail: bytes = b"") -> None:
+        """The stream stopped before its end: bill what was delivered, or release the hold if nothing was."""
+        self.done = True
+        call = self.call
+        if not self.delivery.delivered:
+            await call.fail(error or DowncityHTTPError(499, "client_disconnected", "client disconnected"), "cancelled")
+            await self.claim.abandon()
+            return
+        if call.ctx.metering.usage.total_tokens == 0:
+            call.estimate(self.delivery.estimate(call.ctx.input, call.model.upstream_model))
+        try:
+            await call.succeed(build_assistant_message(self.delivery.text, id=call.request_id), status="cancelled")
+        except DowncityHTTPError as refused:
+            await call.fail(refused)
+        await self.store(tail)
 
 
 async def ui_stream(
     runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None
 ) -> AsyncIterator[bytes]:
-    """Admit the call, then the AI SDK UI message stream of its answer, ending `finish` + `[DONE]`."""
-    call = await begin_call(runtime, caller, "stream", body, client_key)
-    return _ui_stream(call)
+    """Claim and admit the call, then the AI SDK UI message stream of its answer, ending `finish` + `[DONE]`."""
+    claim = await Claim.take(runtime, caller, "stream", body, client_key)
+    if claim.replay is not None:
+        return _replayed_stream(claim.replay)
+    call = await _begin(claim, runtime, caller, "stream", body)
+    return _ui_stream(_StreamState(call, claim, Delivery()))
 
 
-async def _ui_stream(call: Call) -> AsyncIterator[bytes]:
-    text_parts: list[str] = []
-    completed = False
+async def _ui_stream(state: _StreamState) -> AsyncIterator[bytes]:
+    call = state.call
     try:
-        yield frame({"type": "start", "messageId": call.request_id})
+        yield state.keep(frame({"type": "start", "messageId": call.request_id}))
         async for batch in call.runtime.gateway.stream(call.model.provider.id, call.action_request()):
             visible = []
             for chunk in batch:
                 if chunk.get("type") == USAGE_CHUNK_TYPE:
                     call.record_report(chunk.get("data", {}))
                     continue
-                if chunk.get("type") == "text-delta":
-                    text_parts.append(str(chunk.get("delta", "")))
                 visible.append(chunk)
             if visible:
-                yield frames(visible)
-        completed = True
-        charge = await call.succeed(build_assistant_message("".join(text_parts), id=call.request_id))
-        yield frame({"type": "finish", "messageMetadata": _call_metadata(call, charge)})
-        yield DONE
+                data = state.keep(frames(visible))
+                state.delivery.add_ui_chunks(visible)
+                yield data
+        charge = await call.succeed(build_assistant_message(state.delivery.text, id=call.request_id))
+        tail = frame({"type": "finish", "messageMetadata": _call_metadata(call, charge)}) + DONE
+        state.done = True
+        await state.store(tail)
+        yield tail
     except DowncityHTTPError as error:
-        await call.fail(error)
-        yield error_frame(error.type, error.message)
+        if not state.done:
+            ending = error_frame(error.type, error.message)
+            await state.end_early(error, ending)
+            yield ending
     finally:
-        if not completed and not call.settled:
-            await asyncio.shield(_settle_disconnect(call, "".join(text_parts)))
-
-
-async def _settle_disconnect(call: Call, partial_text: str) -> None:
-    """Client went away: settle what the upstream reported, else release the hold (see docs/operators/billing.md)."""
-    if call.ctx.metering.usage.total_tokens > 0 or call.ctx.metering.charge is not None:
-        await call.succeed(build_assistant_message(partial_text, id=call.request_id))
-        return
-    await call.fail(DowncityHTTPError(499, "client_disconnected", "client disconnected"), status="cancelled")
-
-
-async def chat(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> dict[str, Any]:
-    """An OpenAI chat/completions response: the provider's `openai()` or the upstream's, as-is."""
-    call = await begin_call(runtime, caller, "openai", body, client_key)
-    try:
-        outcome = await runtime.gateway.openai(call.model.provider.id, call.action_request())
-    except DowncityHTTPError as error:
-        await call.fail(error)
-        raise
-    call.record(outcome.usage, outcome.charge, None)
-    await call.succeed(outcome.body)
-    return outcome.body
+        if not state.done:
+            await asyncio.shield(state.end_early(None))
 
 
 async def chat_stream(
     runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None
 ) -> AsyncIterator[bytes]:
-    """Admit the call, then the upstream's OpenAI SSE bytes as-is; a failure ends with an error event."""
-    call = await begin_call(runtime, caller, "openai", body, client_key)
-    return _chat_stream(call)
+    """Claim and admit the call, then the upstream's OpenAI SSE bytes as-is; `[DONE]` only after the settle."""
+    claim = await Claim.take(runtime, caller, "openai", body, client_key)
+    if claim.replay is not None:
+        return _replayed_stream(claim.replay)
+    call = await _begin(claim, runtime, caller, "openai", body)
+    return _chat_stream(_StreamState(call, claim, Delivery()))
 
 
-async def _chat_stream(call: Call) -> AsyncIterator[bytes]:
-    completed = False
+async def _chat_stream(state: _StreamState) -> AsyncIterator[bytes]:
+    call = state.call
     try:
         async for item in call.runtime.gateway.openai_stream(call.model.provider.id, call.action_request()):
             if isinstance(item, dict):
                 call.record_report(item)
                 continue
-            yield item
-        completed = True
+            data = state.delivery.add_openai_bytes(item)
+            if data:
+                yield state.keep(data)
         await call.succeed(None)
+        tail = state.delivery.held_back()
+        state.done = True
+        await state.store(tail)
+        yield tail
     except DowncityHTTPError as error:
-        await call.fail(error)
-        yield b"data: " + json.dumps(error.to_body(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+        if not state.done:
+            ending = b"data: " + json.dumps(error.to_body(), ensure_ascii=False, separators=(",", ":")).encode()
+            ending += b"\n\n"
+            await state.end_early(error, ending)
+            yield ending
     finally:
-        if not completed and not call.settled:
-            await asyncio.shield(_settle_disconnect(call, ""))
-
-
-async def video(runtime: Runtime, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
-    """A provider's `video` action: its JSON result with the model and charge."""
-    call = await begin_call(runtime, caller, "video", body, None)
-    try:
-        outcome = await runtime.gateway.video(call.model.provider.id, call.action_request())
-    except DowncityHTTPError as error:
-        await call.fail(error)
-        raise
-    call.record(outcome.usage, outcome.charge, outcome.ttfb_ms)
-    charge = await call.succeed(outcome.body)
-    return {**outcome.body, "metadata": {"model": call.model.id, "charge": _charge_body(charge)}}
+        if not state.done:
+            await asyncio.shield(state.end_early(None))

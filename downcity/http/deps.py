@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from downcity.auth.caller import Caller
+from downcity.calls.replays import check_client_key
 from downcity.http.principal import authenticate_admin, authenticate_user
 from downcity.runtime import Runtime
 
@@ -36,3 +37,13 @@ async def require_admin(runtime: RuntimeDep, authorization: Annotated[str | None
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 AdminDep = Annotated[None, Depends(require_admin)]
+
+
+async def get_idempotency_key(
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> str | None:
+    """The client's `Idempotency-Key`, checked at the edge (400 naming the header)."""
+    return check_client_key(idempotency_key)
+
+
+IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]

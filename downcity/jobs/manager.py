@@ -32,6 +32,7 @@ from downcity.gateway.ports import ProviderGateway
 from downcity.jobs.record import UPSTREAM_TIMEOUT, JobRecord, Progress, outcome_fields
 from downcity.jobs.schedule import DueIndex, backoff_delay_ms
 from downcity.jobs.store import JobStore, ProgressWriter
+from downcity.jobs.submit import image_hold_key
 from downcity.ledger.types import LedgerPort
 from downcity.settings import Settings
 from downcity.store.database import now_ms
@@ -317,15 +318,16 @@ class JobManager:
                 future.set_result(None)
 
     async def _settle(self, record: JobRecord) -> int:
-        """Charge a succeeded job once (key `image:<job_id>`) or record a failed one; returns the charge."""
+        """Charge a succeeded job once from its hold (key `image:<job_id>`), else release the hold; the charge."""
         usage = record.usage_row()
         charge = self._price(record) if record.status == "succeeded" else None
         amount = charge.amount_microcredits if charge is not None else 0
+        key = image_hold_key(record.job_id)
         if charge is None or amount == 0:
-            await self.ledger.record_usage(usage)
+            await self.ledger.release(key, user_id=record.user_id, usage=usage)
             return 0
-        await self.ledger.settle(
-            f"image:{record.job_id}",
+        settled = await self.ledger.settle(
+            key,
             record.user_id,
             amount,
             ref=charge.ref or record.job_id,
@@ -333,7 +335,7 @@ class JobManager:
             metadata=charge.metadata or None,
             usage=usage,
         )
-        return amount
+        return settled.entry.amount_microcredits if settled.entry is not None else 0
 
     def _price(self, record: JobRecord) -> ChargeDraft | None:
         model = self.federation.models.get(record.model_id)

@@ -1,7 +1,7 @@
 """Creating an image job: model, hooks, the provider's `image_create` and the stored `async_jobs` row.
 
 Shared by `POST /v1/ai/image/create` and the JobManager actor's `submit` (batch generation). Creating a job
-never bills: the JobManager bills its first success.
+holds the model's price; the JobManager bills its first success from that hold.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from downcity.ai.context import CityInfo, Context, UserInfo
 from downcity.ai.federation import Federation
 from downcity.ai.hooks import run_before
-from downcity.calls.admission import require_funds
-from downcity.calls.replays import request_hash
+from downcity.calls.admission import admit
+from downcity.calls.replays import ClaimScope, ClaimStore, Replay, request_hash
 from downcity.calls.resolution import resolve_model
 from downcity.errors import conflict
 from downcity.gateway.actions import ActionRequest
@@ -24,6 +24,14 @@ from downcity.jobs.store import JobStore
 from downcity.ledger.types import LedgerPort
 from downcity.store.database import now_ms
 from downcity.types import TERMINAL_JOB_STATUSES, ImageJobResult
+
+# An image create holds its key only while it calls the provider's `image_create`.
+CLAIM_LEASE_MS = 120_000
+
+
+def image_hold_key(job_id: str) -> str:
+    """The ledger key of a job's hold and of its charge."""
+    return f"image:{job_id}"
 
 
 def new_job_id() -> str:
@@ -48,23 +56,62 @@ async def submit_image_job(
     body: dict[str, Any],
     client_key: str | None = None,
     default_poll_ms: int = 1_000,
+    claim_lease_ms: int = CLAIM_LEASE_MS,
 ) -> JobRecord:
-    """Resolve the model, run `before` hooks, call `image_create` and store the job.
+    """Claim the key, resolve the model, run `before` hooks, hold the model's price, call `image_create`, store.
 
-    A billable model needs a positive available balance. With `client_key`, a repeat of the same body returns
-    the job the first call stored, without calling the provider again; another body under that key is a 409.
+    A billable model's hold (key `image:<job_id>`) is reserved before the upstream is called and stays until the
+    JobManager bills the first success (the charge consumes it) or the job fails (it is released). With
+    `client_key`, a repeat of the same body returns the job the first call stored without calling the provider
+    again, a concurrent repeat gets 409 `idempotency_in_flight`, and another body under that key gets 409.
     """
-    key = job_key(city.city_id, user.user_id, client_key) if client_key else None
     digest = request_hash(body)
-    if key is not None:
-        existing = await store.get_by_key(key)
-        if existing is not None:
-            return _same_request(existing, digest)
-    model = resolve_model(federation, "image", body.get("model"))
+    key = job_key(city.city_id, user.user_id, client_key) if client_key else None
+    claims = ClaimStore(store.db)
     job_id = new_job_id()
+    if client_key is not None:
+        scope = ClaimScope(city.city_id, user.user_id, "image", client_key, digest)
+        replay = await claims.claim(scope, job_id, claim_lease_ms)
+        if replay is not None:
+            return await _stored_job(store, replay)
+    try:
+        record = await _create(
+            federation, gateway, ledger, store, user, city, body, job_id, key, default_poll_ms, digest
+        )
+    except BaseException:
+        if client_key is not None:
+            await claims.abandon(scope.key_hash, job_id)
+        raise
+    if client_key is not None:
+        await claims.complete(scope.key_hash, job_id, 200, {"job_id": record.job_id})
+    return record
+
+
+async def _stored_job(store: JobStore, replay: Replay) -> JobRecord:
+    job = await store.get(str(replay.body["job_id"]))
+    if job is None:
+        raise RuntimeError(f"the replayed image job {replay.body['job_id']!r} is not stored")
+    return job
+
+
+async def _create(
+    federation: Federation,
+    gateway: ProviderGateway,
+    ledger: LedgerPort,
+    store: JobStore,
+    user: UserInfo,
+    city: CityInfo,
+    body: dict[str, Any],
+    job_id: str,
+    key: str | None,
+    default_poll_ms: int,
+    digest: str,
+) -> JobRecord:
+    model = resolve_model(federation, "image", body.get("model"))
     ctx = Context(input=dict(body), user=user, city=city, model=model, pathway="image", request_id=job_id)
     await run_before(ctx, federation.hook_chain(model))
-    await require_funds(ledger, user.user_id, model)
+    hold_key = image_hold_key(job_id)
+    held = await admit(ledger, hold_key, user.user_id, model)
     request = ActionRequest(
         request_id=job_id,
         pathway="image",
@@ -74,9 +121,14 @@ async def submit_image_job(
         city=city,
         locals=ctx.locals,
     )
-    created = await gateway.image_create(model.provider.id, request)
+    try:
+        created = await gateway.image_create(model.provider.id, request)
+    except BaseException:
+        if held:
+            await ledger.release(hold_key, user_id=user.user_id)
+        raise
     record = _new_record(ctx, created, key, default_poll_ms, digest)
-    # A concurrent create with the same key may have stored its job first: the insert returns that one.
+    # The claim admits one create per key; the unique key on the job is the backstop.
     return _same_request(await store.insert(record), digest)
 
 

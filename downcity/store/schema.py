@@ -128,20 +128,29 @@ usage_records = Table(
     Column("ttfb_ms", Integer, nullable=True),
     Column("charge_microcredits", BigInteger, nullable=False, default=0),
     Column("ledger_entry_key", String(200), nullable=True),
+    # "upstream" when the upstream reported the tokens, "estimated" when we metered what was delivered.
+    Column("usage_source", String(16), nullable=False, default="upstream"),
     Column("created_at_ms", BigInteger, nullable=False),
     Index("ix_usage_city_user_created", "city_id", "user_id", "created_at_ms"),
     Index("ix_usage_created", "created_at_ms"),
 )
 
-idempotent_responses = Table(
-    "idempotent_responses",
+idempotency_claims = Table(
+    "idempotency_claims",
     metadata,
-    Column("idempotency_key", String(200), primary_key=True),
+    # sha256 of (city, user, pathway, client key): fixed width whatever the client sends.
+    Column("key_hash", String(64), primary_key=True),
+    Column("city_id", String(200), nullable=False),
     Column("user_id", String(200), nullable=False),
+    Column("pathway", String(32), nullable=False),
     Column("request_hash", String(64), nullable=False),
-    Column("status_code", Integer, nullable=False),
-    Column("body", JSONType, nullable=False),
+    Column("owner", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("body", JSONType, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
 )
 
 async_jobs = Table(

@@ -53,7 +53,7 @@ BLOCK = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.M | re.S)
 RUNNABLE = {"python", "bash", "yaml", "json"}
 START_DEADLINE_S = 120
 CHECKED_ELSEWHERE = {
-    "operators/scale-out.md": ROOT / "tests" / "unit" / "test_cluster_yaml.py",
+    "operators/scale-out.md": ROOT / "tests" / "unit" / "actors" / "test_cluster_yaml.py",
     "operators/metrics.md": ROOT / "tests" / "unit" / "test_metrics_docs.py",
 }
 
@@ -226,9 +226,13 @@ class Page:
         raise AssertionError(f"{block.where}: downcity up did not come up")
 
     def stop(self) -> None:
-        if self.up is not None and self.up.poll() is None:
+        if self.up is None:
+            return
+        if self.up.poll() is None:
             self.up.terminate()
             self.up.wait(60)
+        assert self.up.stdout is not None
+        self.up.stdout.close()
 
 
 def validate_yaml(block: Block, config: dict[str, Any]) -> None:

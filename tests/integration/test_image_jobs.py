@@ -250,7 +250,9 @@ async def test_a_manager_killed_after_the_providers_success_but_before_the_job_w
         assert answered.json()["status"] == "succeeded"
         await kill_and_await_restart()
         final = (await follow(client, job["job_id"]))[-1]
-    assert final["status"] == "succeeded"
+    # `succeeded` is visible once stored; the manager's `wait` returns once the job is billed too.
+    billed = await app_job_manager().wait.remote(job["job_id"], 30)
+    assert (final["status"], billed["status"]) == ("succeeded", "succeeded")
     assert await charges(db, user_id) == [(f"image:{job['job_id']}", PRICE)]
     assert (await stored(db, job["job_id"])).charge_microcredits == PRICE
 

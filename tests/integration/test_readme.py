@@ -77,6 +77,9 @@ def running_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDe
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(timeout=60)
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 def test_up_demo_prints_a_token_and_the_printed_curl_works(running_demo: RunningDemo) -> None:

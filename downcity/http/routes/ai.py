@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from downcity.calls import lifecycle
 from downcity.calls.sse import UI_STREAM_HEADERS
-from downcity.http.deps import CallerDep, RuntimeDep
+from downcity.http.deps import CallerDep, IdempotencyKeyDep, RuntimeDep
 from downcity.http.schemas import ChatCompletionRequest, TextRequest, VideoRequest
 
 router = APIRouter(prefix="/v1/ai")
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def _answer(answer: lifecycle.Answer) -> JSONResponse:
+    return JSONResponse(answer.body, headers={"idempotent-replayed": "true"} if answer.replayed else None)
 
 
 @router.get("/models")
@@ -24,16 +27,15 @@ async def list_models(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 
 @router.post("/text")
 async def text(
-    body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
+    body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
 ) -> Response:
     """Generate one assistant UIMessage."""
-    answer = await lifecycle.text(runtime, caller, body.model_dump(exclude_none=True), idempotency_key)
-    return JSONResponse(answer.body, headers={"idempotent-replayed": "true"} if answer.replayed else None)
+    return _answer(await lifecycle.text(runtime, caller, body.model_dump(exclude_none=True), idempotency_key))
 
 
 @router.post("/stream")
 async def stream(
-    body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
+    body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
 ) -> StreamingResponse:
     """Stream one assistant message in the AI SDK UI message stream protocol."""
     chunks = await lifecycle.ui_stream(runtime, caller, body.model_dump(exclude_none=True), idempotency_key)
@@ -42,17 +44,19 @@ async def stream(
 
 @router.post("/chat/completions")
 async def chat_completions(
-    body: ChatCompletionRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
+    body: ChatCompletionRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
 ) -> Response:
     """OpenAI-compatible chat/completions: the provider's `openai()` or auto-passthrough."""
     payload = body.model_dump(exclude_unset=True)
     if body.stream:
         chunks = await lifecycle.chat_stream(runtime, caller, payload, idempotency_key)
         return StreamingResponse(chunks, media_type="text/event-stream")
-    return JSONResponse(await lifecycle.chat(runtime, caller, payload, idempotency_key))
+    return _answer(await lifecycle.chat(runtime, caller, payload, idempotency_key))
 
 
 @router.post("/video")
-async def video(body: VideoRequest, runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
+async def video(
+    body: VideoRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
+) -> Response:
     """Run a provider's `video` action."""
-    return await lifecycle.video(runtime, caller, body.model_dump(exclude_none=True))
+    return _answer(await lifecycle.video(runtime, caller, body.model_dump(exclude_none=True), idempotency_key))

@@ -12,6 +12,8 @@ from downcity.calls.charge import resolve_charge
 from downcity.errors import DowncityHTTPError
 from downcity.types import ChargeDraft
 
+HOLD = 1_000
+
 
 class Plain(Provider):
     async def text(self, ctx: Context) -> dict[str, Any]:
@@ -43,18 +45,18 @@ def _resolve(action: ChargeDraft | None, model: ModelConfig) -> ChargeDraft | No
 
 
 def test_the_action_charge_wins() -> None:
-    model = Billed("billed").model("m", bill=_model_bill)
+    model = Billed("billed").model("m", bill=_model_bill, hold_microcredits=HOLD)
     action = ChargeDraft(amount_microcredits=100)
     assert _resolve(action, model) == action
 
 
 def test_the_model_bill_comes_before_the_provider_bill() -> None:
-    model = Billed("billed").model("m", bill=_model_bill)
+    model = Billed("billed").model("m", bill=_model_bill, hold_microcredits=HOLD)
     assert _resolve(None, model) == ChargeDraft(amount_microcredits=200, user_id="u1", note="model:out")
 
 
 def test_the_provider_bill_applies_without_action_or_model_charge() -> None:
-    model = Billed("billed").model("m")
+    model = Billed("billed").model("m", hold_microcredits=HOLD)
     assert _resolve(None, model) == ChargeDraft(amount_microcredits=300, note="provider:out")
 
 
@@ -63,17 +65,19 @@ def test_no_charge_without_any_bill() -> None:
 
 
 def test_a_model_bill_returning_none_defers_to_the_provider_bill() -> None:
-    model = Billed("billed").model("m", bill=lambda ctx, output: None)
+    model = Billed("billed").model("m", bill=lambda ctx, output: None, hold_microcredits=HOLD)
     assert _resolve(None, model) == ChargeDraft(amount_microcredits=300, note="provider:out")
 
 
 def test_a_dict_from_a_bill_becomes_a_charge_draft() -> None:
-    model = Plain("plain").model("m", bill=lambda ctx, output: {"amount_microcredits": 7, "ref": "r1"})
+    model = Plain("plain").model(
+        "m", bill=lambda ctx, output: {"amount_microcredits": 7, "ref": "r1"}, hold_microcredits=HOLD
+    )
     assert _resolve(None, model) == ChargeDraft(amount_microcredits=7, ref="r1")
 
 
 def test_an_invalid_bill_result_is_a_502() -> None:
-    model = Plain("plain").model("m", bill=lambda ctx, output: {"amount_microcredits": -1})
+    model = Plain("plain").model("m", bill=lambda ctx, output: {"amount_microcredits": -1}, hold_microcredits=HOLD)
     with pytest.raises(DowncityHTTPError) as caught:
         _resolve(None, model)
     assert (caught.value.status, caught.value.type, caught.value.message) == (

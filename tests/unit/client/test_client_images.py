@@ -24,7 +24,7 @@ CREDIT = 1_000_000
 
 def _image_federation(upstream_url: str) -> Federation:
     provider = DeepSeekImages("images", env=["IMAGES_API_KEY"], env_key="IMAGES_API_KEY", base_url=upstream_url)
-    image = provider.model("demo-image", name="Demo Image", default="image", bill=per_image)
+    image = provider.model("demo-image", name="Demo Image", default="image", bill=per_image, hold_microcredits=160_000)
     return Federation(name="images").use(AIService().use(image))
 
 

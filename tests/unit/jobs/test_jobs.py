@@ -125,7 +125,11 @@ class Jobs:
 def federation(demo_upstream: str) -> Federation:
     images = DeepSeekImages("images", env_key=KEY_ENV, base_url=demo_upstream)
     tools = LocalTools("tools")
-    service = AIService().use(images.model("img", default="image", bill=per_image)).use(tools.model("rev"))
+    service = (
+        AIService()
+        .use(images.model("img", default="image", bill=per_image, hold_microcredits=20_000))
+        .use(tools.model("rev"))
+    )
     return Federation(name="jobs-test").use(service)
 
 

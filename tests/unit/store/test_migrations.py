@@ -17,7 +17,7 @@ EXPECTED_TABLES = {
     "cities",
     "env",
     "holds",
-    "idempotent_responses",
+    "idempotency_claims",
     "ledger_entries",
     "meta",
     "revoked_tokens",
