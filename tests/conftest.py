@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,9 +18,41 @@ from actors.serving import apply_throughput_mode
 from downcity.store import Database
 
 
+SERVE_SLOTS = 4
+SERVE_SLOT_SPAN = 700
+
+
+def _all_free(first: int, count: int) -> bool:
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+    return True
+
+
+def _pick_serve_ports() -> int:
+    """A block of ports for this run's Serve clusters, below the ephemeral range and free when probed.
+
+    Chosen at random and probed, so test runs side by side on one machine (or a `downcity up` beside them)
+    do not pick the same block the way a pid-derived base could.
+    """
+    rng = random.Random(os.urandom(8))
+    for _ in range(100):
+        base = rng.randrange(10_000, 32_000 - SERVE_SLOTS * SERVE_SLOT_SPAN, 100)
+        if _all_free(base, SERVE_SLOTS * SERVE_SLOT_SPAN):
+            return base
+    raise RuntimeError("no free block of ports for Serve below 32000")
+
+
+_SERVE_PORTS = _pick_serve_ports()
+
+
 def serve_port_base(slot: int) -> int:
-    """Serve's internal ports for cluster `slot` of this run: below the ephemeral range, apart per slot and run."""
-    return 10_000 + (os.getpid() % 7) * 3_000 + slot * 700
+    """Serve's internal ports for cluster `slot` of this run (`slot` < SERVE_SLOTS)."""
+    assert 0 <= slot < SERVE_SLOTS
+    return _SERVE_PORTS + slot * SERVE_SLOT_SPAN
 
 
 # Serve reads its mode at import time in every Ray process: set it before anything imports Ray.

@@ -30,6 +30,7 @@ from downcity.calls.charge import resolve_charge
 from downcity.calls.resolution import apply_fallback, extract_media, resolve_model
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import ActionRequest
+from downcity.ledger.outbox import Outbox, PendingSettle
 from downcity.metrics import CallMetrics
 from downcity.runtime import Runtime
 from downcity.store.database import now_ms
@@ -167,16 +168,17 @@ class Call:
             raise unbounded_charge(self.model)
         row = self.usage_row(status, 200 if status == "ok" else 499)
         if self.reserved:
-            settled = await self.runtime.ledger.settle(
-                self.key,
-                self.caller.user_id,
-                amount,
-                ref=charge.ref if charge else None,
-                note=charge.note if charge else None,
-                metadata=charge.metadata if charge else None,
-                usage=row,
+            applied = await self._settle(
+                PendingSettle(
+                    key=self.key,
+                    user_id=self.caller.user_id,
+                    amount=amount,
+                    ref=charge.ref if charge else None,
+                    note=charge.note if charge else None,
+                    metadata=charge.metadata if charge else None,
+                    usage=row,
+                )
             )
-            applied = settled.entry.amount_microcredits if settled.entry is not None else 0
             if charge is not None and applied != amount:
                 charge = charge.model_copy(update={"amount_microcredits": applied})
             amount = applied
@@ -190,6 +192,26 @@ class Call:
             # The answer is paid for: an after hook's failure is the operator's to see, not the caller's.
             logger.exception("after hook failed for %s (the call is settled)", self.request_id)
         return charge
+
+    async def _settle(self, pending: PendingSettle) -> int:
+        """Settle with the Ledger, or, when it cannot be reached, durably in the outbox it drains; the charge."""
+        try:
+            settled = await self.runtime.ledger.settle(
+                pending.key,
+                pending.user_id,
+                pending.amount,
+                ref=pending.ref,
+                note=pending.note,
+                metadata=pending.metadata,
+                usage=pending.usage,
+            )
+        except DowncityHTTPError as error:
+            if error.status < 500:
+                raise
+            logger.warning("settle of %s went to the outbox: %s", self.request_id, error.message)
+            await Outbox(self.runtime.db).put(pending)
+            return pending.amount
+        return settled.entry.amount_microcredits if settled.entry is not None else 0
 
     async def fail(self, error: DowncityHTTPError, status: str = "error") -> None:
         """Release any hold, write the error usage row, then run `on_error` hooks."""

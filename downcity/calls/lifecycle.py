@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,9 @@ from downcity.types import ChargeDraft
 
 # A stream longer than this is not stored for replay; its replays get 409 `idempotency_stream_replay`.
 MAX_STORED_STREAM_BYTES = 4 * 1024 * 1024
+# How long a claimed key stays in flight without news of its owner; a dead replica's keys free up after it.
+# No upstream call outlives it (provider timeouts are far shorter); a stream renews its claim as it goes.
+CLAIM_LEASE_MS = 30 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Claim:
             return claim
         scope = ClaimScope(caller.city_id, caller.user_id, pathway, client_key, request_hash(body))
         claim.key = scope.key_hash
-        claim.replay = await claim.store.claim(scope, claim.owner, runtime.settings.hold_expiry_s * 1000)
+        claim.replay = await claim.store.claim(scope, claim.owner, CLAIM_LEASE_MS)
         return claim
 
     async def complete(self, body: dict[str, Any], status_code: int = 200) -> None:
@@ -178,12 +182,20 @@ class _StreamState:
     sent: list[bytes] = field(default_factory=list)
     size: int = 0
     done: bool = False
+    renew_at: float = field(default_factory=lambda: time.monotonic() + CLAIM_LEASE_MS / 3000)
+    renewal: asyncio.Task[bool] | None = None
 
     def keep(self, data: bytes) -> bytes:
-        """Remember bytes about to be sent (while they fit the replay store)."""
-        if self.claim.key is not None and self.size <= MAX_STORED_STREAM_BYTES:
+        """Remember bytes about to be sent (while they fit the replay store), renewing the claim now and then."""
+        if self.claim.key is None:
+            return data
+        if self.size <= MAX_STORED_STREAM_BYTES:
             self.sent.append(data)
             self.size += len(data)
+        now = time.monotonic()
+        if now >= self.renew_at:
+            self.renew_at = now + CLAIM_LEASE_MS / 3000
+            self.renewal = asyncio.create_task(self.claim.store.renew(self.claim.key, self.claim.owner, CLAIM_LEASE_MS))
         return data
 
     async def store(self, tail: bytes) -> None:

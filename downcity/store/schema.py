@@ -135,6 +135,19 @@ usage_records = Table(
     Index("ix_usage_created", "created_at_ms"),
 )
 
+settle_outbox = Table(
+    "settle_outbox",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("user_id", String(200), nullable=False),
+    Column("amount_microcredits", BigInteger, nullable=False),
+    Column("ref", String(200), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("metadata", JSONType, nullable=True),
+    Column("usage", JSONType, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
 idempotency_claims = Table(
     "idempotency_claims",
     metadata,

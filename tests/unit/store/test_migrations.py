@@ -21,6 +21,7 @@ EXPECTED_TABLES = {
     "ledger_entries",
     "meta",
     "revoked_tokens",
+    "settle_outbox",
     "signing_keys",
     "usage_records",
 }

@@ -1,4 +1,4 @@
-"""idempotency claims replace stored text responses; usage rows say where their tokens came from
+"""idempotency claims replace stored text responses; a settle outbox; usage rows say where their tokens came from
 
 Revision ID: 0003
 Revises: 0001
@@ -26,6 +26,18 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("usage_source", sa.String(length=16), nullable=False, server_default="upstream"))
     op.drop_table("idempotent_responses")
     op.create_table(
+        "settle_outbox",
+        sa.Column("idempotency_key", sa.String(length=200), nullable=False),
+        sa.Column("user_id", sa.String(length=200), nullable=False),
+        sa.Column("amount_microcredits", sa.BigInteger(), nullable=False),
+        sa.Column("ref", sa.String(length=200), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("metadata", _JSON, nullable=True),
+        sa.Column("usage", _JSON, nullable=True),
+        sa.Column("created_at_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("idempotency_key"),
+    )
+    op.create_table(
         "idempotency_claims",
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("city_id", sa.String(length=200), nullable=False),
@@ -47,6 +59,7 @@ def downgrade() -> None:
     with op.batch_alter_table("usage_records") as batch_op:
         batch_op.drop_column("usage_source")
     op.drop_table("idempotency_claims")
+    op.drop_table("settle_outbox")
     op.create_table(
         "idempotent_responses",
         sa.Column("idempotency_key", sa.String(length=200), nullable=False),
