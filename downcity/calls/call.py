@@ -3,7 +3,8 @@
 Order of a call:
 1. resolve the model (explicit id or the pathway default) and apply media fallback;
 2. run `before` hooks (federation → service → model); a hook may deny (e.g. 402/429) or edit `ctx.input`;
-3. admit: reserve the model's hold estimate, or, for a billable model without one, require a positive balance;
+3. admit: reserve the model's hold estimate (renewed while the call runs), or, for a billable model without
+   one, require a positive balance;
 4. call the provider deployment;
 5. resolve the charge (action charge > model bill > provider bill > none) and settle it with the usage row
    in one ledger transaction;
@@ -132,6 +133,7 @@ class Call:
 
     async def succeed(self, output: Any) -> ChargeDraft | None:
         """Resolve and settle the charge, write usage, then run `after` hooks."""
+        self.runtime.renewer.untrack(self.key, self.caller.user_id)
         self.ctx.output = output
         self.ctx.duration_ms = self.elapsed_ms()
         charge = resolve_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
@@ -160,6 +162,7 @@ class Call:
         if self.settled:
             return
         self.settled = True
+        self.runtime.renewer.untrack(self.key, self.caller.user_id)
         self.ctx.error = error
         self.ctx.duration_ms = self.elapsed_ms()
         row = self.usage_row(status, error.status, error.type)
@@ -211,6 +214,8 @@ async def begin_call(
     try:
         await run_before(ctx, call.chain)
         call.reserved = await admit(runtime.ledger, call.key, caller.user_id, model)
+        if call.reserved:
+            runtime.renewer.track(call, call.key, caller.user_id)
     except DowncityHTTPError as error:
         call.settled = True
         await runtime.ledger.record_usage(call.usage_row("refused", error.status, error.type))
