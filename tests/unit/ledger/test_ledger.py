@@ -454,6 +454,28 @@ async def test_two_ledgers_on_one_database_keep_the_balance_equal_to_its_entries
     assert await _entries_total(db, "alice") == 1_500
 
 
+async def test_two_ledgers_spending_one_balance_concurrently_admit_exactly_what_it_covers(
+    two_ledgers: tuple[Ledger, Ledger], db: Database
+) -> None:
+    first, second = two_ledgers
+    await first.credit("top-up-1", "alice", 20 * PRICE)
+    await second.balance("alice")
+
+    async def call(ledger: Ledger, key: str) -> bool:
+        try:
+            await ledger.reserve(key, "alice", PRICE)
+        except DowncityHTTPError as refused:
+            assert refused.status == 402
+            return False
+        await ledger.settle(key, "alice", PRICE)
+        return True
+
+    outcomes = await asyncio.gather(*(call(two_ledgers[index % 2], f"call-{index}") for index in range(60)))
+    assert outcomes.count(True) == 20
+    assert await first.balance("alice") == Balance(user_id="alice", balance=0, held=0, available=0)
+    assert await _entries_total(db, "alice") == 0
+
+
 async def test_a_second_writer_spending_the_balance_makes_the_first_refuse(
     two_ledgers: tuple[Ledger, Ledger], db: Database
 ) -> None:
