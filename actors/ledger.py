@@ -37,6 +37,7 @@ LEDGER_METHODS = frozenset(
         "reserve",
         "settle",
         "release",
+        "renew",
         "record_usage",
         "balance",
         "history",
@@ -215,6 +216,11 @@ class _ActorShard:
         """`Ledger.release` on the actor."""
         hold: HoldResult | None = await self._call("release", key, user_id=user_id, usage=usage)
         return hold
+
+    async def renew(self, keys: list[str], user_id: str) -> list[str]:
+        """`Ledger.renew` on the actor."""
+        held: list[str] = await self._call("renew", keys, user_id)
+        return held
 
     async def record_usage(self, usage: dict[str, Any]) -> None:
         """`Ledger.record_usage` on the actor."""

@@ -20,6 +20,7 @@ from downcity.auth import (
 from downcity.cities import CityCache, CityStore
 from downcity.env import EnvCache, EnvStore
 from downcity.gateway.ports import ProviderGateway
+from downcity.ledger.renewer import HoldRenewer
 from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
 from downcity.secrets import MasterKey
@@ -78,6 +79,10 @@ class Runtime:
     jobs: JobsPort | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    renewer: HoldRenewer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renewer = HoldRenewer(self.ledger, self.settings.hold_expiry_s / 3)
 
     @classmethod
     async def open(
@@ -146,6 +151,7 @@ class Runtime:
         await self.city_cache.stop()
         await self.security.keyring.stop()
         await self.security.revocation_cache.stop()
+        await self.renewer.close()
         for close in reversed(self.on_stop):
             await close()
         await self.db.dispose()

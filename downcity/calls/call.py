@@ -4,7 +4,7 @@ Order of a call:
 1. resolve the model (explicit id or the pathway default) and apply media fallback;
 2. run `before` hooks (federation → service → model); a hook may deny (e.g. 402/429) or edit `ctx.input`;
 3. admit: a billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
-   so every upstream call has its own hold, entry and usage row;
+   so every upstream call has its own hold, entry and usage row; the hold is renewed while the call runs;
 4. call the provider deployment;
 5. resolve the charge (action charge > model bill > provider bill > none) and settle it with the usage row
    in one ledger transaction; the Ledger never charges more than the hold;
@@ -160,6 +160,7 @@ class Call:
 
         Returns the charge as applied: the Ledger never takes more than the call's hold.
         """
+        self.runtime.renewer.untrack(self.key, self.caller.user_id)
         self.ctx.output = output
         self.ctx.duration_ms = self.elapsed_ms()
         charge = resolve_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
@@ -218,6 +219,7 @@ class Call:
         if self.settled:
             return
         self.settled = True
+        self.runtime.renewer.untrack(self.key, self.caller.user_id)
         self.ctx.error = error
         self.ctx.duration_ms = self.elapsed_ms()
         row = self.usage_row(status, error.status, error.type)
@@ -266,6 +268,8 @@ async def begin_call(
     try:
         await run_before(ctx, call.chain)
         call.reserved = await admit(runtime.ledger, call.key, caller.user_id, model)
+        if call.reserved:
+            runtime.renewer.track(call, call.key, caller.user_id)
     except DowncityHTTPError as error:
         call.settled = True
         await runtime.ledger.record_usage(call.usage_row("refused", error.status, error.type))

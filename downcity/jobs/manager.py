@@ -33,6 +33,7 @@ from downcity.jobs.record import UPSTREAM_TIMEOUT, JobRecord, Progress, outcome_
 from downcity.jobs.schedule import DueIndex, backoff_delay_ms
 from downcity.jobs.store import JobStore, ProgressWriter
 from downcity.jobs.submit import image_hold_key
+from downcity.ledger.renewer import HoldRenewer
 from downcity.ledger.types import LedgerPort
 from downcity.settings import Settings
 from downcity.store.database import now_ms
@@ -90,6 +91,8 @@ class JobManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        # A pending job's hold must outlive the hold TTL: renewed while this manager works on the job.
+        self._renewer = HoldRenewer(ledger, settings.hold_expiry_s / 3)
 
     async def start(self) -> None:
         """Load every job that still has work from the database, then start scheduling."""
@@ -114,6 +117,7 @@ class JobManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loops = []
+        await self._renewer.close()
 
     async def notify(self, job_id: str, provider_id: str, due_ms: int) -> None:
         """Schedule a job created or changed elsewhere."""
@@ -241,6 +245,7 @@ class JobManager:
         if record.terminal:
             await self._finalize(record)
             return None
+        self._renewer.track(self, image_hold_key(record.job_id), record.user_id)
         deadline = record.created_at_ms + self.settings.image_max_pending_duration_ms
         if now_ms() >= deadline:
             await self._finish(record, {"status": "failed", "error": UPSTREAM_TIMEOUT, "message": UPSTREAM_TIMEOUT})
@@ -309,6 +314,7 @@ class JobManager:
         await self._finalize(stored)
 
     async def _finalize(self, record: JobRecord) -> None:
+        self._renewer.untrack(image_hold_key(record.job_id), record.user_id)
         if not record.finalized:
             amount = await self._settle(record)
             await self.store.mark_finalized(record.job_id, amount, now_ms())

@@ -5,6 +5,11 @@ or one array (`= ANY`), so its text and prepared plan are the same for any numbe
 `executemany` and long `IN (...)` lists cost the server a round of work per row and were the
 bottleneck. SQLite runs in-process, so `executemany` is cheap there.
 
+Balances are only ever moved by deltas (`_ADD_DELTAS`): a row is never overwritten with a value computed
+elsewhere, so a second writer or a stale cache cannot lose or create money. A delta that lowers the available
+balance applies only while the row stays at or above zero available; every write returns the rows it moved,
+so the Ledger can tell a skipped or unexpected row (its cache was stale) and redo the batch.
+
 `PG_ONE_TRIP` writes a whole batch in a single statement (data-modifying CTEs share one snapshot, so its
 clash count sees the tables as they were before the batch); the Ledger uses it when it already knows the
 state of every key and account a batch touches.
@@ -28,32 +33,58 @@ from downcity.store.schema import balances, holds, ledger_entries, usage_records
 # SQLite caps bound parameters per statement; IN lists are cut into chunks below it.
 _SQLITE_CHUNK = 500
 
-_UPSERT_BALANCES = (
-    "ON CONFLICT (user_id) DO UPDATE SET credits_microcredits = EXCLUDED.credits_microcredits, "
-    "held_microcredits = EXCLUDED.held_microcredits, updated_at_ms = EXCLUDED.updated_at_ms"
+# The inserted values are the deltas; an existing row gets them added. The guard skips the row when the
+# deltas lower the available balance (credits below held) and the result would be below zero available.
+_ADD_DELTAS = (
+    "ON CONFLICT (user_id) DO UPDATE SET "
+    "credits_microcredits = balances.credits_microcredits + EXCLUDED.credits_microcredits, "
+    "held_microcredits = balances.held_microcredits + EXCLUDED.held_microcredits, "
+    "updated_at_ms = EXCLUDED.updated_at_ms "
+    "WHERE EXCLUDED.credits_microcredits >= EXCLUDED.held_microcredits "
+    "OR balances.credits_microcredits + EXCLUDED.credits_microcredits "
+    ">= balances.held_microcredits + EXCLUDED.held_microcredits "
+    "RETURNING user_id, credits_microcredits, held_microcredits"
 )
 _RETURNING_IDS = "RETURNING id, idempotency_key"
 _IGNORE_CONFLICTS = "ON CONFLICT DO NOTHING"
 
 
-def _pg_resolve_holds(keys: str, statuses: str, resolved: str) -> str:
+def _pg_change_holds(keys: str, statuses: str, resolved: str, expires: str) -> str:
     # Parallel arrays, not JSON: the planner sizes `unnest` by its arrays, so it probes the primary key per
     # row; with a JSON document it guesses 100 rows and hash-joins a sequential scan of every hold.
     return (
-        "UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms "
-        f"FROM unnest({keys}, {statuses}, {resolved}) AS v(idempotency_key, status, resolved_at_ms) "
+        "UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms, expires_at_ms = v.expires_at_ms "
+        f"FROM unnest({keys}, {statuses}, {resolved}, {expires}) "
+        "AS v(idempotency_key, status, resolved_at_ms, expires_at_ms) "
         "WHERE holds.idempotency_key = v.idempotency_key"
     )
 
 
 _PG_UPDATE_HOLDS = text(
-    _pg_resolve_holds("CAST(:keys AS TEXT[])", "CAST(:statuses AS TEXT[])", "CAST(:resolved AS BIGINT[])")
+    _pg_change_holds(
+        "CAST(:keys AS TEXT[])",
+        "CAST(:statuses AS TEXT[])",
+        "CAST(:resolved AS BIGINT[])",
+        "CAST(:expires AS BIGINT[])",
+    )
 )
 _SQLITE_UPDATE_HOLDS = (
     update(holds)
     .where(holds.c.idempotency_key == bindparam("h_key"))
-    .values(status=bindparam("h_status"), resolved_at_ms=bindparam("h_resolved"))
+    .values(status=bindparam("h_status"), resolved_at_ms=bindparam("h_resolved"), expires_at_ms=bindparam("h_expires"))
 )
+_PG_ADD_DELTAS = text(
+    "INSERT INTO balances (user_id, credits_microcredits, held_microcredits, updated_at_ms) "
+    "SELECT user_id, credits_microcredits, held_microcredits, updated_at_ms "
+    f"FROM json_populate_recordset(NULL::balances, CAST(:rows AS JSON)) {_ADD_DELTAS}"
+)
+_SQLITE_ADD_DELTAS = text(
+    "INSERT INTO balances (user_id, credits_microcredits, held_microcredits, updated_at_ms) "
+    f"VALUES (:user_id, :credits_microcredits, :held_microcredits, :updated_at_ms) {_ADD_DELTAS}"
+)
+
+HoldChange = tuple[str, str, int | None, int | None]
+BalanceRows = dict[str, tuple[int, int]]
 
 
 def _column_names(table: Table) -> str:
@@ -69,19 +100,21 @@ def _pg_rows(table: Table, param: str) -> str:
     )
 
 
-# $1 keys assumed absent, $2 balances, $3 new holds, $4-$6 resolved holds (keys, statuses, times), $7 new
-# entries, $8 usage rows.
+# $1 keys assumed absent, $2 balance deltas, $3 new holds, $4-$7 changed holds (keys, statuses, resolution and
+# expiry times), $8 new entries, $9 usage rows. Each result row is (kind, key, a, b): one 'clashes' row with the
+# count in a, an 'entry' row per new entry (key, id) and a 'balance' row per moved account (user, credits, held).
 PG_ONE_TRIP = f"""WITH clashes AS (
     SELECT (SELECT count(*) FROM holds WHERE idempotency_key = ANY($1::text[]))
          + (SELECT count(*) FROM ledger_entries WHERE idempotency_key = ANY($1::text[])) AS n
-), written_balances AS ({_pg_rows(balances, "$2::json")} {_UPSERT_BALANCES}
+), moved_balances AS ({_pg_rows(balances, "$2::json")} {_ADD_DELTAS}
 ), new_holds AS ({_pg_rows(holds, "$3::json")}
-), resolved_holds AS ({_pg_resolve_holds("$4::text[]", "$5::text[]", "$6::bigint[]")}
-), new_entries AS ({_pg_rows(ledger_entries, "$7::json")} {_RETURNING_IDS}
-), new_usage AS ({_pg_rows(usage_records, "$8::json")} {_IGNORE_CONFLICTS}
+), changed_holds AS ({_pg_change_holds("$4::text[]", "$5::text[]", "$6::bigint[]", "$7::bigint[]")}
+), new_entries AS ({_pg_rows(ledger_entries, "$8::json")} {_RETURNING_IDS}
+), new_usage AS ({_pg_rows(usage_records, "$9::json")} {_IGNORE_CONFLICTS}
 )
-SELECT n AS id, NULL::text AS idempotency_key FROM clashes
-UNION ALL SELECT id, idempotency_key FROM new_entries"""
+SELECT 'clashes' AS kind, NULL::text AS key, n AS a, NULL::bigint AS b FROM clashes
+UNION ALL SELECT 'entry', idempotency_key, id, NULL FROM new_entries
+UNION ALL SELECT 'balance', user_id, credits_microcredits, held_microcredits FROM moved_balances"""
 
 
 @cache
@@ -150,37 +183,42 @@ async def insert_entries(db: Database, conn: AsyncConnection, rows: Sequence[dic
     return {row.idempotency_key: row.id for row in result}
 
 
-async def upsert_balances(db: Database, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Write full `balances` rows, inserting users seen for the first time."""
+async def add_balance_deltas(db: Database, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> BalanceRows:
+    """Add each row's deltas to its user's `balances` row (creating it); the moved rows' new (credits, held)."""
     if not rows:
-        return
+        return {}
     if db.dialect == "postgresql":
-        await _pg_insert(conn, balances, rows, _UPSERT_BALANCES)
-        return
-    statement = db.insert(balances)
-    statement = statement.on_conflict_do_update(
-        index_elements=["user_id"],
-        set_={
-            "credits_microcredits": statement.excluded.credits_microcredits,
-            "held_microcredits": statement.excluded.held_microcredits,
-            "updated_at_ms": statement.excluded.updated_at_ms,
-        },
+        moved = list(await conn.execute(_PG_ADD_DELTAS, {"rows": json.dumps(rows)}))
+    else:
+        # SQLAlchemy has no executemany with RETURNING for an upsert; in-process SQLite runs these cheaply.
+        moved = [row for params in rows for row in await conn.execute(_SQLITE_ADD_DELTAS, params)]
+    return {row.user_id: (row.credits_microcredits, row.held_microcredits) for row in moved}
+
+
+def hold_columns(
+    rows: Sequence[HoldChange],
+) -> tuple[list[str], list[str], list[int | None], list[int | None]]:
+    """(key, status, resolved_at_ms, expires_at_ms) rows as the four arrays the PostgreSQL hold update takes."""
+    return (
+        [row[0] for row in rows],
+        [row[1] for row in rows],
+        [row[2] for row in rows],
+        [row[3] for row in rows],
     )
-    await conn.execute(statement, list(rows))
 
 
-def hold_columns(rows: Sequence[tuple[str, str, int | None]]) -> tuple[list[str], list[str], list[int | None]]:
-    """(key, status, resolved_at_ms) rows as the three arrays the PostgreSQL hold update takes."""
-    return [key for key, _, _ in rows], [status for _, status, _ in rows], [at for _, _, at in rows]
-
-
-async def update_holds(db: Database, conn: AsyncConnection, rows: Sequence[tuple[str, str, int | None]]) -> None:
-    """Set (status, resolved_at_ms) of existing holds from (key, status, resolved_at_ms) tuples."""
+async def update_holds(db: Database, conn: AsyncConnection, rows: Sequence[HoldChange]) -> None:
+    """Set (status, resolved_at_ms, expires_at_ms) of existing holds from (key, status, resolved, expires) rows."""
     if not rows:
         return
     if db.dialect == "postgresql":
-        keys, statuses, resolved = hold_columns(rows)
-        await conn.execute(_PG_UPDATE_HOLDS, {"keys": keys, "statuses": statuses, "resolved": resolved})
+        keys, statuses, resolved, expires = hold_columns(rows)
+        await conn.execute(
+            _PG_UPDATE_HOLDS, {"keys": keys, "statuses": statuses, "resolved": resolved, "expires": expires}
+        )
         return
-    params = [{"h_key": key, "h_status": status, "h_resolved": at} for key, status, at in rows]
-    await conn.execute(_SQLITE_UPDATE_HOLDS, params)
+    changes = [
+        {"h_key": key, "h_status": status, "h_resolved": resolved, "h_expires": expires}
+        for key, status, resolved, expires in rows
+    ]
+    await conn.execute(_SQLITE_UPDATE_HOLDS, changes)

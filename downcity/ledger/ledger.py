@@ -5,12 +5,19 @@ them to an in-memory cache of balances, writes the whole batch in one transactio
 each caller's future, so an awaited op is durable. Idempotency keys are unique in the database, so a
 replayed op (a client retry, an actor restart) returns its first result instead of charging twice.
 
-A settled charge is applied in full even when it exceeds its hold, when there was no hold (admission
-by "balance > 0"), and when the hold had already expired or been released: the hold is the upper bound
-the operator declares at admission, and a completed call's charge is never dropped. So the balance can
-only go below zero by a settle above its hold or without one; reserves and debits never overdraw.
+Nothing overdraws: reserves and debits are refused (402) beyond the available balance, and a settle
+charges at most its hold's amount when it has a hold, and at most the available balance in every case
+(no hold, or a hold already released or swept). A capped settle reports the amount it was asked for in
+`SettleResult.requested_microcredits` and logs a warning naming its key.
 
-The balance cache assumes one writer per user: one `Ledger` per database, or one per shard
+A hold expires `hold_expiry_s` after its reserve or its last `renew`; the sweeper releases expired holds.
+Live calls renew their holds every third of that TTL, so only abandoned holds are swept.
+
+The cache speeds decisions but is never written back: each batch writes balance deltas, guarded so a
+lowered available balance stays at or above zero, and checks that every row moved to the value it
+decided from. When another writer moved a row (a second `Ledger` on the database, or a commit whose
+acknowledgement was lost), the batch rolls back, reloads those accounts and decides again. The usual
+deployment is still one writer per user: one `Ledger` per database, or one per shard
 (`shard=(index, count)`) behind `ShardedLedger` / the Ray actors.
 """
 
@@ -36,7 +43,8 @@ from downcity.ledger.checks import (
     normalize_usage,
 )
 from downcity.ledger.ops import Account, BatchState, EntryRow, HoldRow, Op, OpKind, Outcome, decide
-from downcity.ledger.store import commit_one_trip, entry_row, load_batch, mark_persisted, write_batch
+from downcity.ledger.outbox import Outbox
+from downcity.ledger.store import commit_one_trip, entry_row, load_batch, write_batch
 from downcity.ledger.types import (
     Balance,
     HoldResult,
@@ -56,12 +64,20 @@ _MAX_CACHED_USERS = 100_000
 _MAX_KNOWN_KEYS = 100_000
 _MAX_HISTORY = 500
 _MAX_REF_LENGTH = 200
+_MAX_RENEWED_KEYS = 10_000
+# Loads take row locks, so a redo after a stale write sees settled rows; more attempts mean a writer
+# keeps creating the same new account under this Ledger.
+_STALE_ATTEMPTS = 3
 _MIN_SWEEP_INTERVAL_S = 1.0
 _MAX_SWEEP_INTERVAL_S = 60.0
 
 
 def _ledger_unavailable(exc: BaseException) -> DowncityHTTPError:
     return DowncityHTTPError(503, "ledger_unavailable", f"the ledger could not commit: {type(exc).__name__}")
+
+
+class _StaleBalances(Exception):
+    """A batch's balance write found rows another writer had moved; its transaction must roll back."""
 
 
 class Ledger:
@@ -174,12 +190,23 @@ class Ledger:
         op = Op("release", self._future(), check_text(key, "idempotency_key"), user_id, usage=row)
         return cast(HoldResult | None, await self._submit(op))
 
+    async def renew(self, keys: list[str], user_id: str) -> list[str]:
+        """Extend the expiry of the user's holds still `held` by a hold TTL from now; returns those keys."""
+        self._check_owner(user_id)
+        if not isinstance(keys, list) or len(keys) > _MAX_RENEWED_KEYS:
+            raise invalid(f"keys must be a list of at most {_MAX_RENEWED_KEYS} keys", field="keys")
+        renewed = tuple(dict.fromkeys(check_text(key, "keys") for key in keys))
+        if not renewed:
+            return []
+        held: list[str] = await self._submit(Op("renew", self._future(), user_id=user_id, renewed=renewed))
+        return held
+
     async def record_usage(self, usage: dict[str, Any]) -> None:
         """Record a usage row for an unbilled call."""
         await self._submit(Op("usage", self._future(), usage=normalize_usage(usage)))
 
     async def sweep_expired_holds(self, now_ms: int | None = None) -> int:
-        """Release every hold older than `hold_expiry_s`; returns how many were released."""
+        """Release every hold whose expiry is before `now_ms`; returns how many were released."""
         stamp = now_ms if now_ms is not None else current_ms()
         result: int = await self._submit(Op("sweep", self._future(), now_ms=stamp))
         return result
@@ -293,7 +320,6 @@ class Ledger:
 
     async def _commit(self, ops: list[Op]) -> None:
         state, outcomes = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
-        mark_persisted(state)
         self._cache.update(state.touched)
         self._remember(state, ops)
         if len(self._cache) > _MAX_CACHED_USERS:
@@ -306,6 +332,9 @@ class Ledger:
             else:
                 op.future.set_result(outcome())
 
+    def _state(self, accounts: dict[str, Account]) -> BatchState:
+        return BatchState(accounts, current_ms(), hold_ttl_ms=self.hold_expiry_s * 1000)
+
     async def _commit_in_one_trip(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]] | None:
         """Decide from what this Ledger knows and write in one statement; None when the batch must load."""
         assumed_new = self._unseen_keys(ops)
@@ -314,30 +343,55 @@ class Ledger:
         # Copies: a rolled-back attempt leaves the cache as it was.
         users = {op.user_id for op in ops if op.user_id is not None}
         for op in ops:
-            hold = self._known[op.key][0] if op.key in self._known else None
-            if hold is not None:
-                users.add(hold.user_id)
-        state = BatchState({user_id: replace(self._cache[user_id]) for user_id in users}, current_ms())
+            for key in op.touched_keys():
+                hold = self._known[key][0] if key in self._known else None
+                if hold is not None:
+                    users.add(hold.user_id)
+        state = self._state({user_id: replace(self._cache[user_id]) for user_id in users})
         self._recall(state, ops)
         outcomes = [decide(state, op) for op in ops]
-        if not await commit_one_trip(self.db, state, assumed_new):
+        try:
+            committed = await commit_one_trip(self.db, state, assumed_new)
+        except BaseException:
+            # The COMMIT may have landed before the error: nothing the batch touched can be trusted.
+            self._forget(state, ops)
+            raise
+        if not committed:
+            # Possibly stale accounts: the load path reads them again, under a row lock.
+            self._forget_accounts(state)
             return None
         return state, outcomes
 
     async def _commit_after_loading(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]]:
         """Load the batch's keys and uncached accounts, decide, and write, in one transaction."""
-        state = BatchState(self._cache, current_ms())
-        try:
-            async with self.db.begin() as conn:
-                await load_batch(self.db, conn, state, ops, self.hold_expiry_s * 1000, self.owns)
-                outcomes = [decide(state, op) for op in ops]
-                await write_batch(self.db, conn, state)
-        except BaseException:
-            # The transaction rolled back: forget what it changed so those users reload from the DB.
-            for user_id in state.touched:
-                self._cache.pop(user_id, None)
-            raise
-        return state, outcomes
+        for _ in range(_STALE_ATTEMPTS):
+            state = self._state(self._cache)
+            try:
+                async with self.db.begin() as conn:
+                    await load_batch(self.db, conn, state, ops, self.owns)
+                    outcomes = [decide(state, op) for op in ops]
+                    if not await write_batch(self.db, conn, state):
+                        raise _StaleBalances
+            except _StaleBalances:
+                # Rolled back: the next attempt loads the accounts another writer moved and decides again.
+                self._forget_accounts(state)
+                continue
+            except BaseException:
+                # Rolled back, or committed with a lost acknowledgement: forget all the batch touched.
+                self._forget(state, ops)
+                raise
+            return state, outcomes
+        raise RuntimeError(f"balances kept moving under the ledger for {_STALE_ATTEMPTS} attempts")
+
+    def _forget_accounts(self, state: BatchState) -> None:
+        for user_id in state.touched:
+            self._cache.pop(user_id, None)
+
+    def _forget(self, state: BatchState, ops: list[Op]) -> None:
+        """Drop the cached accounts and known keys a failed batch touched, so the next op reads them."""
+        self._forget_accounts(state)
+        for key in (*state.holds, *(key for op in ops for key in op.touched_keys())):
+            self._known.pop(key, None)
 
     def _unseen_keys(self, ops: list[Op]) -> list[str] | None:
         """The batch's keys this Ledger never saw, when it can take the one-trip path; None when it must load.
@@ -351,30 +405,29 @@ class Ledger:
         for op in ops:
             if op.kind == "sweep" or (op.user_id is not None and op.user_id not in self._cache):
                 return None
-            if not op.key:
-                continue
-            known = self._known.get(op.key)
-            if known is None:
-                unseen.append(op.key)
-            elif known[0] is not None and known[0].user_id not in self._cache:
-                return None
+            for key in op.touched_keys():
+                known = self._known.get(key)
+                if known is None:
+                    unseen.append(key)
+                elif known[0] is not None and known[0].user_id not in self._cache:
+                    return None
         return unseen
 
     def _recall(self, state: BatchState, ops: list[Op]) -> None:
         """Put what this Ledger knows of the batch's keys into the batch, as copies it may change."""
-        for op in ops:
-            known = self._known.get(op.key) if op.key else None
+        for key in (key for op in ops for key in op.touched_keys()):
+            known = self._known.get(key)
             if known is None:
                 continue
             hold, entry = known
             if hold is not None:
-                state.holds[op.key] = replace(hold)
+                state.holds[key] = replace(hold)
             if entry is not None:
-                state.entries[op.key] = entry
+                state.entries[key] = entry
 
     def _remember(self, state: BatchState, ops: list[Op]) -> None:
         """After commit: the batch's keys are now known exactly, and so are the holds it changed."""
-        keys = {op.key for op in ops if op.key}
+        keys = {key for op in ops for key in op.touched_keys()}
         changed = (key for key in state.holds if key not in keys and key in self._known)
         for key in (*keys, *changed):
             hold = state.holds.get(key)
@@ -385,9 +438,21 @@ class Ledger:
         while len(self._known) > _MAX_KNOWN_KEYS:
             self._known.popitem(last=False)
 
+    async def _drain_outbox(self) -> None:
+        try:
+            drained = await Outbox(self.db).drain(self, self.owns)
+        except Exception as exc:
+            logger.warning("settle outbox drain failed: %r", exc)
+            return
+        if drained:
+            logger.info("applied %d settles from the outbox", drained)
+
     async def _sweep_forever(self) -> None:
+        # The outbox drains before every sweep: an owed charge consumes its hold before the hold can lapse.
+        await self._drain_outbox()
         while True:
             await asyncio.sleep(self.sweep_interval_s)
+            await self._drain_outbox()
             try:
                 released = await self.sweep_expired_holds()
             except Exception as exc:

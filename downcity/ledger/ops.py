@@ -8,6 +8,7 @@ A refusal is returned before anything is mutated, so refused ops write nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,7 +16,9 @@ from typing import Any, Literal
 from downcity.errors import DowncityHTTPError, conflict, insufficient_balance
 from downcity.ledger.types import Balance, EntryKind, HoldResult, HoldStatus, LedgerEntry, SettleResult
 
-OpKind = Literal["credit", "debit", "reserve", "settle", "release", "usage", "sweep"]
+logger = logging.getLogger(__name__)
+
+OpKind = Literal["credit", "debit", "reserve", "settle", "release", "renew", "usage", "sweep"]
 Outcome = Callable[[], Any] | DowncityHTTPError
 
 
@@ -33,16 +36,22 @@ class Op:
     metadata: dict[str, Any] | None = None
     usage: dict[str, Any] | None = None
     now_ms: int = 0
+    renewed: tuple[str, ...] = ()
+
+    def touched_keys(self) -> tuple[str, ...]:
+        """Every idempotency key the op reads or writes."""
+        if self.kind == "renew":
+            return self.renewed
+        return (self.key,) if self.key else ()
 
 
 @dataclass(eq=False)
 class Account:
-    """A cached `balances` row; `persisted` is False until the row exists in the database."""
+    """A cached `balances` row as this Ledger last knew it, moved by the batch's decisions."""
 
     user_id: str
     balance: int
     held: int
-    persisted: bool
 
     @property
     def available(self) -> int:
@@ -64,6 +73,7 @@ class HoldRow:
     status: HoldStatus
     created_at_ms: int
     resolved_at_ms: int | None
+    expires_at_ms: int | None
     is_new: bool = False
     dirty: bool = False
 
@@ -82,6 +92,12 @@ class EntryRow:
     metadata: dict[str, Any] | None
     created_at_ms: int
     id: int | None = None
+    requested: int | None = None
+
+    @property
+    def requested_amount(self) -> int:
+        """What the op asked for: more than `amount` only for a capped settle."""
+        return self.requested if self.requested is not None else self.amount
 
     def to_entry(self) -> LedgerEntry:
         """The public entry; only valid once the row has its id."""
@@ -101,15 +117,29 @@ class EntryRow:
 
 
 @dataclass(eq=False)
+class Delta:
+    """What one batch adds to an account's `balances` row; the database applies it to the row it has."""
+
+    credits: int = 0
+    held: int = 0
+
+
+@dataclass(eq=False)
 class BatchState:
-    """Everything one batch reads and writes: cached accounts, the holds and entries of its keys."""
+    """Everything one batch reads and writes: cached accounts, the holds and entries of its keys.
+
+    Decisions move the cached accounts and record the same changes as per-account deltas; only the deltas
+    are written, so a stale cache can make a decision wrong (caught by the write's checks), never a row.
+    """
 
     accounts: dict[str, Account]
     now_ms: int
+    hold_ttl_ms: int = 0
     holds: dict[str, HoldRow] = field(default_factory=dict)
     entries: dict[str, EntryRow] = field(default_factory=dict)
     expired: list[str] = field(default_factory=list)
     touched: dict[str, Account] = field(default_factory=dict)
+    deltas: dict[str, Delta] = field(default_factory=dict)
     new_entries: list[EntryRow] = field(default_factory=list)
     usage_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -117,35 +147,55 @@ class BatchState:
         """The user's account; users never seen by the database start at zero."""
         account = self.accounts.get(user_id)
         if account is None:
-            account = Account(user_id, 0, 0, persisted=False)
+            account = Account(user_id, 0, 0)
             self.accounts[user_id] = account
         return account
 
-    def mutate(self, user_id: str) -> Account:
-        """The user's account, marked for writing."""
+    def change(self, user_id: str, *, credits: int = 0, held: int = 0) -> Account:
+        """Move the user's balance and held amount, recording the change as a delta to write."""
         account = self.account(user_id)
+        account.balance += credits
+        account.held += held
         self.touched[user_id] = account
+        delta = self.deltas.setdefault(user_id, Delta())
+        delta.credits += credits
+        delta.held += held
         return account
 
-    def add_entry(self, op: Op, kind: EntryKind, balance_after: int) -> EntryRow:
-        """Record a new ledger entry for `op`."""
+    def add_entry(
+        self, op: Op, kind: EntryKind, amount: int, balance_after: int, requested: int | None = None
+    ) -> EntryRow:
+        """Record a new ledger entry of `amount` for `op`."""
         assert op.user_id is not None
-        row = EntryRow(op.key, op.user_id, kind, op.amount, balance_after, op.ref, op.note, op.metadata, self.now_ms)
+        row = EntryRow(
+            op.key,
+            op.user_id,
+            kind,
+            amount,
+            balance_after,
+            op.ref,
+            op.note,
+            op.metadata,
+            self.now_ms,
+            requested=requested,
+        )
         self.entries[op.key] = row
         self.new_entries.append(row)
         return row
 
     def add_hold(self, key: str, user_id: str, amount: int, status: HoldStatus) -> HoldRow:
-        """Record a new hold row."""
-        resolved = None if status == "held" else self.now_ms
-        row = HoldRow(key, user_id, amount, status, self.now_ms, resolved, is_new=True)
+        """Record a new hold row; a held one expires a hold TTL from now unless renewed."""
+        held = status == "held"
+        resolved = None if held else self.now_ms
+        expires = self.now_ms + self.hold_ttl_ms if held else None
+        row = HoldRow(key, user_id, amount, status, self.now_ms, resolved, expires, is_new=True)
         self.holds[key] = row
         return row
 
     def resolve_hold(self, hold: HoldRow, status: HoldStatus) -> None:
         """Move a hold out of `held`, freeing its amount if it was still held."""
         if hold.status == "held":
-            self.mutate(hold.user_id).held -= hold.amount
+            self.change(hold.user_id, held=-hold.amount)
         hold.status = status
         hold.resolved_at_ms = self.now_ms
         hold.dirty = True
@@ -171,6 +221,12 @@ def _conflict(key: str) -> DowncityHTTPError:
     return conflict(f"idempotency key {key!r} was already used with a different amount, kind or user")
 
 
+def _reused(key: str) -> DowncityHTTPError:
+    return DowncityHTTPError(
+        409, "idempotency_key_reused", f"idempotency key {key!r}: this key was already used by a finished call"
+    )
+
+
 def _credit_or_debit(state: BatchState, op: Op) -> Outcome:
     assert op.user_id is not None
     existing = state.entries.get(op.key)
@@ -181,33 +237,43 @@ def _credit_or_debit(state: BatchState, op: Op) -> Outcome:
         return _conflict(op.key)
     if op.kind == "debit" and state.account(op.user_id).available < op.amount:
         return insufficient_balance(f"available balance is below the debit of {op.amount} microcredits")
-    account = state.mutate(op.user_id)
-    account.balance += op.amount if op.kind == "credit" else -op.amount
-    return state.add_entry(op, "credit" if op.kind == "credit" else "debit", account.balance).to_entry
+    kind: EntryKind = "credit" if op.kind == "credit" else "debit"
+    account = state.change(op.user_id, credits=op.amount if kind == "credit" else -op.amount)
+    return state.add_entry(op, kind, op.amount, account.balance).to_entry
 
 
 def _reserve(state: BatchState, op: Op) -> Outcome:
     assert op.user_id is not None
     hold = state.holds.get(op.key)
     if hold is not None:
-        if hold.user_id != op.user_id or (hold.status != "settled" and hold.amount != op.amount):
+        if (hold.user_id, hold.amount) != (op.user_id, op.amount):
             return _conflict(op.key)
+        # Only a retry of the reserve itself gets its hold back: a finished call's key admits nothing.
+        if hold.status != "held":
+            return _reused(op.key)
         return _of_hold(hold, state.account(op.user_id).snapshot())
     entry = state.entries.get(op.key)
     if entry is not None:
-        if entry.kind != "charge" or entry.user_id != op.user_id:
-            return _conflict(op.key)
-        # Settled directly without a hold: report the settled state and hold nothing.
-        return _hold_result(op.key, op.user_id, 0, "settled", state.account(op.user_id).snapshot())
+        return _reused(op.key) if (entry.kind, entry.user_id) == ("charge", op.user_id) else _conflict(op.key)
     if state.account(op.user_id).available < op.amount:
         return insufficient_balance(f"available balance is below the reservation of {op.amount} microcredits")
-    state.mutate(op.user_id).held += op.amount
+    state.change(op.user_id, held=op.amount)
     hold = state.add_hold(op.key, op.user_id, op.amount, "held")
     return _of_hold(hold, state.account(op.user_id).snapshot())
 
 
-def _settle_result(entry: EntryRow | None, balance: Balance) -> Callable[[], SettleResult]:
-    return lambda: SettleResult(entry=entry.to_entry() if entry is not None else None, balance=balance)
+def _settle_result(
+    key: str, entry: EntryRow | None, requested: int, balance: Balance, *, replay: bool
+) -> Callable[[], SettleResult]:
+    def result() -> SettleResult:
+        applied = entry.amount if entry is not None else 0
+        if applied < requested and not replay:
+            logger.warning("settle %r charged %d of the %d microcredits requested", key, applied, requested)
+        return SettleResult(
+            entry=entry.to_entry() if entry is not None else None, requested_microcredits=requested, balance=balance
+        )
+
+    return result
 
 
 def _settle(state: BatchState, op: Op) -> Outcome:
@@ -215,28 +281,34 @@ def _settle(state: BatchState, op: Op) -> Outcome:
     entry = state.entries.get(op.key)
     hold = state.holds.get(op.key)
     if entry is not None:
-        same = (entry.kind, entry.user_id, entry.amount) == ("charge", op.user_id, op.amount)
-        return _settle_result(entry, state.account(op.user_id).snapshot()) if same else _conflict(op.key)
+        same = (entry.kind, entry.user_id, entry.requested_amount) == ("charge", op.user_id, op.amount)
+        if not same:
+            return _conflict(op.key)
+        return _settle_result(op.key, entry, op.amount, state.account(op.user_id).snapshot(), replay=True)
     if hold is not None and hold.user_id != op.user_id:
         return _conflict(op.key)
     if hold is not None and hold.status == "settled":
-        # Settled before with a zero charge (no entry): only a zero replay matches.
-        if op.amount != 0:
+        # Settled before without an entry: a zero charge, or one cut to zero (a marker's amount is the request).
+        if op.amount not in (0, hold.amount):
             return _conflict(op.key)
-        return _settle_result(None, state.account(op.user_id).snapshot())
+        return _settle_result(op.key, None, op.amount, state.account(op.user_id).snapshot(), replay=True)
+    cap = op.amount
     if hold is not None:
+        cap = min(cap, hold.amount)
         state.resolve_hold(hold, "settled")
-    account = state.mutate(op.user_id)
+    # After freeing its own hold the charge still fits the available balance, so nothing is overdrawn.
+    charge = max(0, min(cap, state.account(op.user_id).available))
     new_entry = None
-    if op.amount > 0:
-        account.balance -= op.amount
-        new_entry = state.add_entry(op, "charge", account.balance)
+    if charge > 0:
+        account = state.change(op.user_id, credits=-charge)
+        requested = op.amount if charge < op.amount else None
+        new_entry = state.add_entry(op, "charge", charge, account.balance, requested)
     elif hold is None:
-        # A zero-amount marker so a later replay with another amount is recognised as a conflict.
-        state.add_hold(op.key, op.user_id, 0, "settled")
+        # A marker so a later replay with another amount is recognised as a conflict.
+        state.add_hold(op.key, op.user_id, op.amount, "settled")
     if op.usage is not None:
-        state.add_usage(op.usage, op.amount, op.key if new_entry is not None else None)
-    return _settle_result(new_entry, account.snapshot())
+        state.add_usage(op.usage, charge, op.key if new_entry is not None else None)
+    return _settle_result(op.key, new_entry, op.amount, state.account(op.user_id).snapshot(), replay=False)
 
 
 def _release(state: BatchState, op: Op) -> Outcome:
@@ -258,6 +330,17 @@ def _release(state: BatchState, op: Op) -> Outcome:
     return lambda: None
 
 
+def _renew(state: BatchState, op: Op) -> Outcome:
+    held: list[str] = []
+    for key in op.renewed:
+        hold = state.holds.get(key)
+        if hold is not None and hold.status == "held" and hold.user_id == op.user_id:
+            hold.expires_at_ms = state.now_ms + state.hold_ttl_ms
+            hold.dirty = True
+            held.append(key)
+    return lambda: held
+
+
 def _record_usage(state: BatchState, op: Op) -> Outcome:
     assert op.usage is not None
     state.add_usage(op.usage, 0, None)
@@ -268,7 +351,8 @@ def _sweep(state: BatchState, op: Op) -> Outcome:
     released = 0
     for key in state.expired:
         hold = state.holds[key]
-        if hold.status == "held":
+        # A renewal earlier in the same batch may have moved the expiry past the sweep's time.
+        if hold.status == "held" and hold.expires_at_ms is not None and hold.expires_at_ms < op.now_ms:
             state.resolve_hold(hold, "released")
             released += 1
     state.expired.clear()
@@ -281,6 +365,7 @@ _RULES: dict[OpKind, Callable[[BatchState, Op], Outcome]] = {
     "reserve": _reserve,
     "settle": _settle,
     "release": _release,
+    "renew": _renew,
     "usage": _record_usage,
     "sweep": _sweep,
 }

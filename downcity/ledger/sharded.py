@@ -68,6 +68,10 @@ class ShardedLedger:
         shard = self.shard_for(owner) if owner is not None else self.shards[0]
         return await shard.release(key, user_id=owner, usage=usage)
 
+    async def renew(self, keys: list[str], user_id: str) -> list[str]:
+        """Renew the user's holds on their shard."""
+        return await self.shard_for(user_id).renew(keys, user_id)
+
     async def record_usage(self, usage: dict[str, Any]) -> None:
         """Record usage on the shard of the row's user."""
         owner = usage.get("user_id") if isinstance(usage, dict) else None

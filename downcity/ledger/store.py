@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from downcity.ledger.bulk import (
     PG_ONE_TRIP,
+    BalanceRows,
+    HoldChange,
+    add_balance_deltas,
     hold_columns,
     insert_entries,
     insert_ignoring_duplicates,
     insert_many,
     select_in,
     update_holds,
-    upsert_balances,
 )
 from downcity.ledger.ops import Account, BatchState, EntryRow, HoldRow, Op
 from downcity.store.database import Database
@@ -38,6 +40,7 @@ def _hold_row(row: Any) -> HoldRow:
         row.status,
         row.created_at_ms,
         row.resolved_at_ms,
+        row.expires_at_ms,
     )
 
 
@@ -54,11 +57,12 @@ def entry_row(row: Any) -> EntryRow:
         row.metadata,
         row.created_at_ms,
         id=row.id,
+        requested=row.requested_microcredits,
     )
 
 
-async def _load_expired(conn: AsyncConnection, state: BatchState, cutoff_ms: int, owns: Callable[[str], bool]) -> None:
-    query = select(holds).where(holds.c.status == "held", holds.c.created_at_ms < cutoff_ms)
+async def _load_expired(conn: AsyncConnection, state: BatchState, now_ms: int, owns: Callable[[str], bool]) -> None:
+    query = select(holds).where(holds.c.status == "held", holds.c.expires_at_ms < now_ms)
     for row in await conn.execute(query):
         if not owns(row.user_id):
             continue
@@ -71,9 +75,7 @@ async def _load_accounts(db: Database, conn: AsyncConnection, state: BatchState,
     # The lock makes a first load wait for any transaction still writing these users (a dying
     # predecessor after an actor restart) instead of caching what it is about to overwrite.
     for row in await select_in(db, conn, balances.c.user_id, missing, lock=True):
-        state.accounts[row.user_id] = Account(
-            row.user_id, row.credits_microcredits, row.held_microcredits, persisted=True
-        )
+        state.accounts[row.user_id] = Account(row.user_id, row.credits_microcredits, row.held_microcredits)
 
 
 async def load_batch(
@@ -81,20 +83,19 @@ async def load_batch(
     conn: AsyncConnection,
     state: BatchState,
     ops: list[Op],
-    expiry_ms: int,
     owns: Callable[[str], bool],
 ) -> None:
     """Load the holds and entries of the batch's keys, expired holds for sweeps, and uncached accounts."""
     if db.dialect == "postgresql":
         await conn.execute(_CUSTOM_PLANS)
-    keys = list({op.key for op in ops if op.key})
+    keys = list({key for op in ops for key in op.touched_keys()})
     for row in await select_in(db, conn, holds.c.idempotency_key, keys):
         state.holds[row.idempotency_key] = _hold_row(row)
     for row in await select_in(db, conn, ledger_entries.c.idempotency_key, keys):
         state.entries[row.idempotency_key] = entry_row(row)
     sweeps = [op.now_ms for op in ops if op.kind == "sweep"]
     if sweeps:
-        await _load_expired(conn, state, max(sweeps) - expiry_ms, owns)
+        await _load_expired(conn, state, max(sweeps), owns)
     users = {op.user_id for op in ops if op.user_id is not None}
     users.update(hold.user_id for hold in state.holds.values() if owns(hold.user_id))
     await _load_accounts(db, conn, state, users)
@@ -108,6 +109,7 @@ def _hold_dict(hold: HoldRow) -> dict[str, Any]:
         "status": hold.status,
         "created_at_ms": hold.created_at_ms,
         "resolved_at_ms": hold.resolved_at_ms,
+        "expires_at_ms": hold.expires_at_ms,
     }
 
 
@@ -118,6 +120,7 @@ def _entry_dict(entry: EntryRow) -> dict[str, Any]:
         "kind": entry.kind,
         "amount_microcredits": entry.amount,
         "balance_after_microcredits": entry.balance_after,
+        "requested_microcredits": entry.requested,
         "ref": entry.ref,
         "note": entry.note,
         "metadata": entry.metadata,
@@ -127,11 +130,12 @@ def _entry_dict(entry: EntryRow) -> dict[str, Any]:
 
 @dataclass
 class BatchWrites:
-    """What one batch writes, as rows per table."""
+    """What one batch writes, as rows per table, and the balances rows it expects to leave behind."""
 
-    accounts: list[dict[str, Any]]
+    deltas: list[dict[str, Any]]
+    expected: BalanceRows
     new_holds: list[dict[str, Any]]
-    resolved_holds: list[tuple[str, str, int | None]]
+    changed_holds: list[HoldChange]
     entries: list[dict[str, Any]]
     usage: list[dict[str, Any]]
 
@@ -140,18 +144,21 @@ class BatchWrites:
         """The rows the batch's decisions produced."""
         holds_ = state.holds.values()
         return cls(
-            accounts=[
+            deltas=[
                 {
-                    "user_id": account.user_id,
-                    "credits_microcredits": account.balance,
-                    "held_microcredits": account.held,
+                    "user_id": user_id,
+                    "credits_microcredits": delta.credits,
+                    "held_microcredits": delta.held,
                     "updated_at_ms": state.now_ms,
                 }
-                for account in state.touched.values()
+                for user_id, delta in state.deltas.items()
             ],
+            expected={user_id: (account.balance, account.held) for user_id, account in state.touched.items()},
             new_holds=[_hold_dict(hold) for hold in holds_ if hold.is_new],
-            resolved_holds=[
-                (hold.key, hold.status, hold.resolved_at_ms) for hold in holds_ if hold.dirty and not hold.is_new
+            changed_holds=[
+                (hold.key, hold.status, hold.resolved_at_ms, hold.expires_at_ms)
+                for hold in holds_
+                if hold.dirty and not hold.is_new
             ],
             entries=[_entry_dict(entry) for entry in state.new_entries],
             usage=list(state.usage_rows.values()),
@@ -159,7 +166,7 @@ class BatchWrites:
 
     def empty(self) -> bool:
         """Whether the batch changed nothing."""
-        return not (self.accounts or self.new_holds or self.resolved_holds or self.entries or self.usage)
+        return not (self.deltas or self.new_holds or self.changed_holds or self.entries or self.usage)
 
 
 def _assign_ids(state: BatchState, ids: dict[str, int]) -> None:
@@ -167,22 +174,29 @@ def _assign_ids(state: BatchState, ids: dict[str, int]) -> None:
         entry.id = ids[entry.key]
 
 
-async def write_batch(db: Database, conn: AsyncConnection, state: BatchState) -> None:
-    """Write every change of the batch: one statement per table and kind of change."""
+async def write_batch(db: Database, conn: AsyncConnection, state: BatchState) -> bool:
+    """Write every change of the batch, one statement per table and kind of change; False when stale.
+
+    Stale: a balance row was skipped by its guard or moved to another value than the batch decided from,
+    because another writer changed it since this Ledger cached it. The caller must roll back.
+    """
     writes = BatchWrites.of(state)
-    await upsert_balances(db, conn, writes.accounts)
+    if await add_balance_deltas(db, conn, writes.deltas) != writes.expected:
+        return False
     await insert_many(db, conn, holds, writes.new_holds)
-    await update_holds(db, conn, writes.resolved_holds)
+    await update_holds(db, conn, writes.changed_holds)
     _assign_ids(state, await insert_entries(db, conn, writes.entries))
     await insert_ignoring_duplicates(db, conn, usage_records, writes.usage)
+    return True
 
 
 async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str]) -> bool:
     """PostgreSQL: write the batch with one statement between BEGIN and COMMIT.
 
     `assumed_new` are the batch's keys the Ledger has never seen; the batch was decided as if the database
-    had no hold or entry for them. When one exists after all (a retry of an op a previous actor committed)
-    the transaction rolls back and this returns False, so the caller redoes the batch after loading.
+    had no hold or entry for them. When one exists after all (a retry of an op a previous actor committed),
+    or a balance row is not what the batch expects (another writer moved it), the transaction rolls back and
+    this returns False, so the caller redoes the batch after loading.
     """
     writes = BatchWrites.of(state)
     if writes.empty() and not assumed_new:
@@ -195,9 +209,9 @@ async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str
             rows = await raw.fetch(
                 PG_ONE_TRIP,
                 assumed_new,
-                json.dumps(writes.accounts),
+                json.dumps(writes.deltas),
                 json.dumps(writes.new_holds),
-                *hold_columns(writes.resolved_holds),
+                *hold_columns(writes.changed_holds),
                 json.dumps(writes.entries),
                 json.dumps(writes.usage),
             )
@@ -207,8 +221,9 @@ async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str
         except BaseException:
             await conn.invalidate()
             raise
-        # The one row without a key carries the clash count; the others are the new entries' ids.
-        if next(row["id"] for row in rows if row["idempotency_key"] is None) > 0:
+        clashes = next(row["a"] for row in rows if row["kind"] == "clashes")
+        moved = {row["key"]: (row["a"], row["b"]) for row in rows if row["kind"] == "balance"}
+        if clashes > 0 or moved != writes.expected:
             await raw.execute("ROLLBACK")
             return False
         try:
@@ -216,11 +231,5 @@ async def commit_one_trip(db: Database, state: BatchState, assumed_new: list[str
         except BaseException:
             await conn.invalidate()
             raise
-    _assign_ids(state, {row["idempotency_key"]: row["id"] for row in rows if row["idempotency_key"] is not None})
+    _assign_ids(state, {row["key"]: row["a"] for row in rows if row["kind"] == "entry"})
     return True
-
-
-def mark_persisted(state: BatchState) -> None:
-    """After commit: every written account now has its database row."""
-    for account in state.touched.values():
-        account.persisted = True

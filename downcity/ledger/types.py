@@ -50,9 +50,14 @@ class HoldResult(_Result):
 
 
 class SettleResult(_Result):
-    """A settled call: its charge entry (None for a zero charge) and the user's balance after it."""
+    """A settled call: the charge applied (None for a zero charge), what was asked, and the balance after it.
+
+    The applied charge is below `requested_microcredits` when the request exceeded the call's hold, or the
+    available balance when there was no hold.
+    """
 
     entry: LedgerEntry | None
+    requested_microcredits: int
     balance: Balance
 
 
@@ -84,6 +89,8 @@ class LedgerPort(Protocol):
     async def release(
         self, key: str, *, user_id: str | None = None, usage: dict[str, Any] | None = None
     ) -> HoldResult | None: ...
+
+    async def renew(self, keys: list[str], user_id: str) -> list[str]: ...
 
     async def record_usage(self, usage: dict[str, Any]) -> None: ...
 

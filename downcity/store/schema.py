@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -87,7 +88,14 @@ holds = Table(
     Column("status", String(16), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("resolved_at_ms", BigInteger, nullable=True),
-    Index("ix_holds_status_created", "status", "created_at_ms"),
+    Column("expires_at_ms", BigInteger, nullable=True),
+    # The sweep reads only held rows past their expiry; resolved rows, the vast majority, stay out of the index.
+    Index(
+        "ix_holds_held_expires",
+        "expires_at_ms",
+        postgresql_where=text("status = 'held'"),
+        sqlite_where=text("status = 'held'"),
+    ),
 )
 
 ledger_entries = Table(
@@ -99,6 +107,8 @@ ledger_entries = Table(
     Column("kind", String(16), nullable=False),
     Column("amount_microcredits", BigInteger, nullable=False),
     Column("balance_after_microcredits", BigInteger, nullable=False),
+    # What a settle asked for, when its charge was capped below it: a retried settle is matched on it.
+    Column("requested_microcredits", BigInteger, nullable=True),
     Column("ref", String(200), nullable=True),
     Column("note", Text, nullable=True),
     Column("metadata", JSONType, nullable=True),

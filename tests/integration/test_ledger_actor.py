@@ -159,5 +159,7 @@ async def test_a_restarted_actor_keeps_balances_and_holds(database_url: str, led
     await client.reserve("call-1", "alice", 3_000)
     ray.kill(ray.get_actor(name, namespace="downcity"), no_restart=False)
     assert await client.balance("alice") == Balance(user_id="alice", balance=10_000, held=3_000, available=7_000)
+    assert await client.renew(["call-1", "no-such-call"], "alice") == ["call-1"]
     settled = await client.settle("call-1", "alice", 2_500)
     assert settled.balance == Balance(user_id="alice", balance=7_500, held=0, available=7_500)
+    assert await client.renew(["call-1"], "alice") == []

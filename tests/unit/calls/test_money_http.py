@@ -20,11 +20,13 @@ from sqlalchemy import func, select
 
 from downcity.ai import AIService, Federation, OpenAICompatibleClient, Provider
 from downcity.demo.upstream import bind_socket, build_server
+from downcity.errors import DowncityHTTPError
 from downcity.http.app import create_app
+from downcity.ledger.outbox import Outbox
 from downcity.local import open_local_runtime
 from downcity.runtime import Runtime
 from downcity.settings import Settings
-from downcity.store.schema import ledger_entries, usage_records
+from downcity.store.schema import ledger_entries, settle_outbox, usage_records
 from downcity.types import ChargeDraft
 from examples.federation import DeepSeekImages, per_image
 
@@ -344,3 +346,23 @@ async def test_an_after_hook_that_raises_does_not_fail_a_paid_call(app: App) -> 
 def test_a_billable_model_without_a_hold_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="'free-lunch' is billable but declares no hold_microcredits"):
         Upstream("x").model("free-lunch", bill=_flat)
+
+
+async def test_a_charge_the_ledger_cannot_take_goes_to_the_outbox_before_the_final_frame(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await app.credit(100_000)
+    ledger = app.runtime.ledger
+
+    async def ledger_down(*args: Any, **kwargs: Any) -> Any:
+        raise DowncityHTTPError(503, "ledger_unavailable", "the ledger could not commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger, "settle", ledger_down)
+        response = await app.http.post("/v1/ai/stream", json={"prompt": "x"}, headers=app.user())
+        owed = await Outbox(app.runtime.db).pending()
+
+    assert (json.loads(_events(response.content)[-2])["type"], [p.amount for p in owed]) == ("finish", [FLAT])
+    assert await app.balance() == (100_000, FLAT)
+    assert await Outbox(app.runtime.db).drain(ledger, lambda user_id: True) == 1
+    assert (await app.balance(), await app.count(settle_outbox)) == ((100_000 - FLAT, 0), 0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiosqlite
+import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 
@@ -170,14 +172,54 @@ async def test_settle_of_zero_writes_no_entry_but_settles_the_hold(ledger: Ledge
 async def test_settle_without_a_hold_charges_directly(ledger: Ledger) -> None:
     await ledger.credit("top-up-1", "alice", 10_000)
     result = await ledger.settle("call-1", "alice", 2_500)
+    assert result.requested_microcredits == 2_500
     assert result.balance == Balance(user_id="alice", balance=7_500, held=0, available=7_500)
 
 
-async def test_settle_above_the_hold_charges_in_full(ledger: Ledger) -> None:
+async def test_settle_above_the_hold_charges_only_the_hold_and_reports_the_request(
+    ledger: Ledger, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     await ledger.credit("top-up-1", "alice", 10_000)
     await ledger.reserve("call-1", "alice", 1_000)
-    result = await ledger.settle("call-1", "alice", 4_000)
-    assert result.balance == Balance(user_id="alice", balance=6_000, held=0, available=6_000)
+    result = await ledger.settle("call-1", "alice", 4_000, usage=_usage("req-1"))
+    assert result.entry is not None
+    assert (result.entry.amount_microcredits, result.requested_microcredits) == (1_000, 4_000)
+    assert result.balance == Balance(user_id="alice", balance=9_000, held=0, available=9_000)
+    [row] = await _rows(db, usage_records, request_id="req-1")
+    assert row.charge_microcredits == 1_000
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        "settle 'call-1' charged 1000 of the 4000 microcredits requested"
+    ]
+
+
+async def test_settle_without_a_hold_charges_at_most_the_available_balance(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    await ledger.reserve("call-1", "alice", 400)
+    result = await ledger.settle("call-2", "alice", 2_500, usage=_usage("req-2"))
+    assert result.entry is not None
+    assert (result.entry.amount_microcredits, result.requested_microcredits) == (600, 2_500)
+    assert result.balance == Balance(user_id="alice", balance=400, held=400, available=0)
+    [row] = await _rows(db, usage_records, request_id="req-2")
+    assert row.charge_microcredits == 600
+
+
+async def test_settle_with_nothing_available_charges_nothing_and_replays_as_such(ledger: Ledger) -> None:
+    first = await ledger.settle("call-1", "alice", 2_500)
+    again = await ledger.settle("call-1", "alice", 2_500)
+    assert first == again
+    assert (first.entry, first.requested_microcredits) == (None, 2_500)
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=0, held=0, available=0)
+
+
+async def test_settle_after_its_hold_was_swept_charges_at_most_the_available_balance(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.sweep_expired_holds(now_ms=now_ms() + ledger.hold_expiry_s * 1000 + 1)
+    await ledger.debit("spend-1", "alice", 9_000)
+    result = await ledger.settle("call-1", "alice", 2_000)
+    assert result.entry is not None
+    assert (result.entry.amount_microcredits, result.requested_microcredits) == (1_000, 2_000)
+    assert result.balance == Balance(user_id="alice", balance=0, held=0, available=0)
 
 
 async def test_release_frees_the_hold_and_records_usage_without_an_entry(ledger: Ledger, db: Database) -> None:
@@ -211,23 +253,56 @@ async def test_replayed_reserve_returns_the_same_hold(ledger: Ledger) -> None:
     assert (again.idempotency_key, again.status, again.balance) == ("call-1", "held", first.balance)
 
 
-async def test_replayed_settle_returns_the_same_entry_and_charges_once(ledger: Ledger, db: Database) -> None:
+async def test_a_retried_settle_returns_the_first_result_and_charges_once(ledger: Ledger, db: Database) -> None:
     await ledger.credit("top-up-1", "alice", 10_000)
     await ledger.reserve("call-1", "alice", 3_000)
     first = await ledger.settle("call-1", "alice", 2_000, usage=_usage("req-1"))
-    again = await ledger.settle("call-1", "alice", 2_000, usage=_usage("req-2"))
-    assert again.entry == first.entry
+    again = await ledger.settle("call-1", "alice", 2_000, usage=_usage("req-1"))
+    assert (again.entry, again.requested_microcredits) == (first.entry, 2_000)
     assert (await ledger.balance("alice")).balance == 8_000
-    assert await _count(db, usage_records) == 1
+    assert [row.request_id for row in await _rows(db, usage_records)] == ["req-1"]
 
 
-async def test_reserve_after_settle_returns_the_settled_state_without_holding(ledger: Ledger) -> None:
+async def test_a_retried_capped_settle_returns_the_first_result(ledger: Ledger) -> None:
     await ledger.credit("top-up-1", "alice", 10_000)
-    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.reserve("call-1", "alice", 1_000)
+    first = await ledger.settle("call-1", "alice", 4_000)
+    again = await ledger.settle("call-1", "alice", 4_000)
+    assert again == SettleResult(entry=first.entry, requested_microcredits=4_000, balance=again.balance)
+    assert (await ledger.balance("alice")).balance == 9_000
+
+
+async def _finish_with_settle(ledger: Ledger) -> None:
+    await ledger.reserve("call-1", "alice", 2_000)
     await ledger.settle("call-1", "alice", 2_000)
-    again = await ledger.reserve("call-1", "alice", 3_000)
-    assert again.status == "settled"
-    assert again.balance == Balance(user_id="alice", balance=8_000, held=0, available=8_000)
+
+
+async def _finish_with_release(ledger: Ledger) -> None:
+    await ledger.reserve("call-1", "alice", 2_000)
+    await ledger.release("call-1", user_id="alice")
+
+
+async def _finish_with_holdless_settle(ledger: Ledger) -> None:
+    await ledger.settle("call-1", "alice", 2_000)
+
+
+@pytest.mark.parametrize(
+    "finish",
+    [_finish_with_settle, _finish_with_release, _finish_with_holdless_settle],
+    ids=["settled", "released", "settled-without-hold"],
+)
+async def test_reserve_on_the_key_of_a_finished_call_is_a_409_and_holds_nothing(
+    ledger: Ledger, finish: Callable[[Ledger], Awaitable[None]]
+) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await finish(ledger)
+    before = await ledger.balance("alice")
+    with pytest.raises(DowncityHTTPError) as refused:
+        await ledger.reserve("call-1", "alice", 2_000)
+    assert (refused.value.status, refused.value.type) == (409, "idempotency_key_reused")
+    assert "this key was already used by a finished call" in str(refused.value)
+    assert await ledger.balance("alice") == before
+    assert before.held == 0
 
 
 async def test_replayed_release_changes_nothing(ledger: Ledger, db: Database) -> None:
@@ -348,7 +423,139 @@ async def test_a_failing_op_does_not_fail_the_rest_of_its_batch(ledger: Ledger, 
     assert (await ledger.reserve("call-m2", "mallory", 10_000)).balance.available == 0
 
 
-async def test_sweep_releases_holds_older_than_the_expiry(ledger: Ledger, db: Database) -> None:
+async def _entries_total(db: Database, user_id: str) -> int:
+    signs = {"credit": 1, "debit": -1, "charge": -1}
+    return sum(signs[row.kind] * row.amount_microcredits for row in await _rows(db, ledger_entries, user_id=user_id))
+
+
+@pytest.fixture
+async def two_ledgers(db: Database) -> AsyncIterator[tuple[Ledger, Ledger]]:
+    """Two writers on one database, each with its own account cache."""
+    pair = (Ledger(db), Ledger(db))
+    for started in pair:
+        await started.start()
+    yield pair
+    for started in pair:
+        await started.close()
+
+
+async def test_two_ledgers_on_one_database_keep_the_balance_equal_to_its_entries(
+    two_ledgers: tuple[Ledger, Ledger], db: Database
+) -> None:
+    first, second = two_ledgers
+    await first.credit("top-up-1", "alice", 1_000)
+    await second.credit("top-up-2", "alice", 900)
+    debited = await first.debit("refund-1", "alice", 100)
+    await second.reserve("call-1", "alice", 500)
+    settled = await first.settle("call-1", "alice", 300)
+    assert debited.balance_after_microcredits == 1_800
+    assert settled.balance == Balance(user_id="alice", balance=1_500, held=0, available=1_500)
+    assert await first.balance("alice") == Balance(user_id="alice", balance=1_500, held=0, available=1_500)
+    assert await _entries_total(db, "alice") == 1_500
+
+
+async def test_two_ledgers_spending_one_balance_concurrently_admit_exactly_what_it_covers(
+    two_ledgers: tuple[Ledger, Ledger], db: Database
+) -> None:
+    first, second = two_ledgers
+    await first.credit("top-up-1", "alice", 20 * PRICE)
+    await second.balance("alice")
+
+    async def call(ledger: Ledger, key: str) -> bool:
+        try:
+            await ledger.reserve(key, "alice", PRICE)
+        except DowncityHTTPError as refused:
+            assert refused.status == 402
+            return False
+        await ledger.settle(key, "alice", PRICE)
+        return True
+
+    outcomes = await asyncio.gather(*(call(two_ledgers[index % 2], f"call-{index}") for index in range(60)))
+    assert outcomes.count(True) == 20
+    assert await first.balance("alice") == Balance(user_id="alice", balance=0, held=0, available=0)
+    assert await _entries_total(db, "alice") == 0
+
+
+async def test_a_second_writer_spending_the_balance_makes_the_first_refuse(
+    two_ledgers: tuple[Ledger, Ledger], db: Database
+) -> None:
+    first, second = two_ledgers
+    await first.credit("top-up-1", "alice", 1_000)
+    await second.debit("spend-1", "alice", 800)
+    with pytest.raises(DowncityHTTPError) as refused:
+        await first.reserve("call-1", "alice", 500)
+    with pytest.raises(DowncityHTTPError) as refused_debit:
+        await first.debit("spend-2", "alice", 201)
+    assert (refused.value.status, refused_debit.value.status) == (402, 402)
+    assert await first.balance("alice") == Balance(user_id="alice", balance=200, held=0, available=200)
+    assert await _entries_total(db, "alice") == 200
+    assert await _count(db, holds) == 0
+
+
+@pytest.fixture
+def lose_commit_ack(monkeypatch: pytest.MonkeyPatch, backend: str) -> Callable[[], None]:
+    """Arms a fault: the next COMMIT reaches the database, then its acknowledgement is lost (an error)."""
+    armed = False
+
+    def arm() -> None:
+        nonlocal armed
+        armed = True
+
+    def lose_ack() -> None:
+        nonlocal armed
+        if armed:
+            armed = False
+            raise ConnectionResetError("the acknowledgement of COMMIT was lost")
+
+    if backend == "postgresql":
+        execute = asyncpg.connection.Connection.execute
+
+        async def execute_then_lose_ack(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            result = await execute(self, query, *args, **kwargs)
+            if query.strip().rstrip(";").upper() == "COMMIT":
+                lose_ack()
+            return result
+
+        monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute_then_lose_ack)
+    else:
+        commit = aiosqlite.Connection.commit
+
+        async def commit_then_lose_ack(self: aiosqlite.Connection) -> None:
+            await commit(self)
+            lose_ack()
+
+        monkeypatch.setattr(aiosqlite.Connection, "commit", commit_then_lose_ack)
+    return arm
+
+
+async def test_a_credit_whose_commit_ack_was_lost_is_not_erased_by_a_later_debit(
+    ledger: Ledger, db: Database, lose_commit_ack: Callable[[], None]
+) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    lose_commit_ack()
+    with pytest.raises(DowncityHTTPError) as lost:
+        await ledger.credit("top-up-2", "alice", 5_000)
+    debited = await ledger.debit("refund-1", "alice", 1_000)
+    retried = await ledger.credit("top-up-2", "alice", 5_000)
+    assert (lost.value.status, lost.value.type) == (503, "ledger_unavailable")
+    assert (debited.balance_after_microcredits, retried.balance_after_microcredits) == (14_000, 15_000)
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=14_000, held=0, available=14_000)
+    assert await _entries_total(db, "alice") == 14_000
+
+
+async def test_a_reserve_whose_commit_ack_was_lost_is_not_trusted_as_unseen(
+    ledger: Ledger, lose_commit_ack: Callable[[], None]
+) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    lose_commit_ack()
+    with pytest.raises(DowncityHTTPError):
+        await ledger.reserve("call-1", "alice", 3_000)
+    settled = await ledger.settle("call-1", "alice", 2_000)
+    assert settled.balance == Balance(user_id="alice", balance=8_000, held=0, available=8_000)
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=8_000, held=0, available=8_000)
+
+
+async def test_sweep_releases_holds_past_their_expiry(ledger: Ledger, db: Database) -> None:
     await ledger.credit("top-up-1", "alice", 10_000)
     await ledger.reserve("call-1", "alice", 3_000)
     later = now_ms() + ledger.hold_expiry_s * 1000 + 1
@@ -380,6 +587,56 @@ async def test_background_sweeper_releases_expired_holds(db: Database) -> None:
     await ledger.close()
     [hold] = await _rows(db, holds, idempotency_key="call-1")
     assert hold.status == "released"
+
+
+async def _hold(db: Database, key: str) -> Any:
+    [row] = await _rows(db, holds, idempotency_key=key)
+    return row
+
+
+async def test_reserve_sets_the_hold_to_expire_one_ttl_from_now(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    row = await _hold(db, "call-1")
+    assert row.expires_at_ms - row.created_at_ms == ledger.hold_expiry_s * 1000
+
+
+async def _age_holds(db: Database, by_ms: int) -> None:
+    """Move every hold into the past, as if it had been reserved `by_ms` earlier."""
+    statement = holds.update().values(
+        created_at_ms=holds.c.created_at_ms - by_ms, expires_at_ms=holds.c.expires_at_ms - by_ms
+    )
+    async with db.begin() as conn:
+        await conn.execute(statement)
+
+
+async def test_a_renewed_hold_survives_a_sweep_past_its_first_expiry_and_an_unrenewed_one_does_not(
+    ledger: Ledger, db: Database
+) -> None:
+    ttl_ms = ledger.hold_expiry_s * 1000
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.reserve("call-1", "alice", 3_000)
+    await ledger.reserve("call-2", "alice", 2_000)
+    await _age_holds(db, by_ms=2 * ttl_ms)
+    renewed_from = now_ms()
+    assert await ledger.renew(["call-1", "unknown-key"], "alice") == ["call-1"]
+    renewed_until = now_ms()
+    assert await ledger.sweep_expired_holds() == 1
+    renewed, unrenewed = await _hold(db, "call-1"), await _hold(db, "call-2")
+    assert (renewed.status, unrenewed.status) == ("held", "released")
+    assert renewed_from + ttl_ms <= renewed.expires_at_ms <= renewed_until + ttl_ms
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=3_000, available=7_000)
+
+
+async def test_renew_reports_released_settled_and_foreign_holds_as_not_held(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.credit("top-up-2", "bob", 10_000)
+    for key, user in [("released", "alice"), ("settled", "alice"), ("live", "alice"), ("bobs", "bob")]:
+        await ledger.reserve(key, user, 1_000)
+    await ledger.release("released", user_id="alice")
+    await ledger.settle("settled", "alice", 500)
+    assert await ledger.renew(["released", "settled", "live", "bobs"], "alice") == ["live"]
+    assert await ledger.renew(["released"], "alice") == []
 
 
 async def test_restart_keeps_balances_holds_and_idempotency(db: Database) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from downcity.store import Database
+from downcity.store.database import MIGRATIONS_DIR
 from downcity.store.schema import metadata
 
 EXPECTED_TABLES = {
@@ -47,4 +50,32 @@ async def test_migrating_twice_is_a_no_op(db: Database) -> None:
     await db.migrate()
     async with db.connect() as conn:
         diff = await conn.run_sync(_schema_diff)
+    assert diff == []
+
+
+def _migrate_to(connection: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    if revision == "0001":
+        command.downgrade(config, revision)
+    else:
+        command.upgrade(config, revision)
+
+
+async def test_revision_0002_gives_held_holds_their_old_expiry_and_resolved_ones_none(db: Database) -> None:
+    async with db.begin() as conn:
+        await conn.run_sync(_migrate_to, "0001")
+        await conn.execute(
+            text(
+                "INSERT INTO holds (idempotency_key, user_id, amount_microcredits, status, created_at_ms, "
+                "resolved_at_ms) VALUES ('held-1', 'alice', 100, 'held', 1000, NULL), "
+                "('settled-1', 'alice', 100, 'settled', 2000, 3000)"
+            )
+        )
+        await conn.run_sync(_migrate_to, "head")
+    async with db.connect() as conn:
+        rows = (await conn.execute(text("SELECT idempotency_key, expires_at_ms FROM holds ORDER BY 1"))).all()
+        diff = await conn.run_sync(_schema_diff)
+    assert [tuple(row) for row in rows] == [("held-1", 1000 + 15 * 60 * 1000), ("settled-1", None)]
     assert diff == []

@@ -1,7 +1,7 @@
 """idempotency claims replace stored text responses; a settle outbox; usage rows say where their tokens came from
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 
 A key is now claimed before any work and bound to (city, user, pathway, request hash); the old table held only
 finished `/text` answers under an unhashed key, so it is dropped rather than converted.
@@ -14,7 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
