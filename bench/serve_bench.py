@@ -131,7 +131,12 @@ def seed(url: str) -> str:
         admin.post("/v1/env/set", json={"key": "DEMO_API_KEY", "value": "bench-key"}).raise_for_status()
         admin.post(
             "/v1/balance/credit",
-            json={"user_id": "bench-user", "amount_microcredits": 10**13, "idempotency_key": "bench-seed"},
+            json={
+                "city_id": "bench",
+                "user_id": "bench-user",
+                "amount_microcredits": 10**13,
+                "idempotency_key": "bench-seed",
+            },
         ).raise_for_status()
         token = admin.post("/v1/tokens/apply", json={"city_id": "bench", "user_id": "bench-user"})
         token.raise_for_status()

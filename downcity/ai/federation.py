@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+from downcity.accounts import AccountSpaces
 from downcity.ai.hooks import HookHost, Hooks
 from downcity.ai.provider import ModelConfig, Provider
 from downcity.ai.service import AIService, check_defaults
@@ -11,9 +14,17 @@ from downcity.errors import DowncityHTTPError
 class Federation(HookHost):
     """One Federation serves the AI call layer of many products."""
 
-    def __init__(self, name: str = "downcity", *, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "downcity",
+        *,
+        hooks: Hooks | None = None,
+        shared_accounts: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.name = name
         self.hooks = hooks if hooks is not None else Hooks()
+        # Each city's users have their own accounts unless named cities share a space (see downcity.accounts).
+        self.accounts = AccountSpaces(shared_accounts)
         self._services: list[AIService] = []
 
     def __repr__(self) -> str:

@@ -70,6 +70,11 @@ class Call:
     usage_source: str = "upstream"
 
     @property
+    def account(self) -> str:
+        """The account the call spends from: its city's, unless that city shares an account space."""
+        return self.runtime.federation.accounts.account_id(self.caller.city_id, self.caller.user_id)
+
+    @property
     def key(self) -> str:
         """The call's ledger key: one hold, one entry and one usage row per upstream call."""
         return f"call:{self.request_id}"
@@ -160,7 +165,7 @@ class Call:
 
         Returns the charge as applied: the Ledger never takes more than the call's hold.
         """
-        self.runtime.renewer.untrack(self.key, self.caller.user_id)
+        self.runtime.renewer.untrack(self.key, self.account)
         self.ctx.output = output
         self.ctx.duration_ms = self.elapsed_ms()
         charge = resolve_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
@@ -172,7 +177,7 @@ class Call:
             applied = await self._settle(
                 PendingSettle(
                     key=self.key,
-                    user_id=self.caller.user_id,
+                    user_id=self.account,
                     amount=amount,
                     ref=charge.ref if charge else None,
                     note=charge.note if charge else None,
@@ -219,12 +224,12 @@ class Call:
         if self.settled:
             return
         self.settled = True
-        self.runtime.renewer.untrack(self.key, self.caller.user_id)
+        self.runtime.renewer.untrack(self.key, self.account)
         self.ctx.error = error
         self.ctx.duration_ms = self.elapsed_ms()
         row = self.usage_row(status, error.status, error.type)
         if self.reserved:
-            await self.runtime.ledger.release(self.key, user_id=self.caller.user_id, usage=row)
+            await self.runtime.ledger.release(self.key, user_id=self.account, usage=row)
         else:
             await self.runtime.ledger.record_usage(row)
         self.report(status, error_type=error.type)
@@ -267,9 +272,9 @@ async def begin_call(
     )
     try:
         await run_before(ctx, call.chain)
-        call.reserved = await admit(runtime.ledger, call.key, caller.user_id, model)
+        call.reserved = await admit(runtime.ledger, call.key, call.account, model)
         if call.reserved:
-            runtime.renewer.track(call, call.key, caller.user_id)
+            runtime.renewer.track(call, call.key, call.account)
     except DowncityHTTPError as error:
         call.settled = True
         await runtime.ledger.record_usage(call.usage_row("refused", error.status, error.type))

@@ -161,48 +161,53 @@ def env_remove(ctx: typer.Context, key: str) -> None:
     console.print(f"removed {key}" if removed else f"{key} was not set", markup=False)
 
 
+CityOption = Annotated[str, typer.Option("--city", help="the user's city: accounts are per city")]
+
+
 @balance_app.command("credit")
 def balance_credit(
     ctx: typer.Context,
     user_id: str,
     amount: Annotated[int, typer.Argument(min=1, help="integer microcredits (1 USD = 1,000,000)")],
+    city: CityOption,
     idempotency_key: Annotated[
         str | None, typer.Option(help="repeat a credit safely with the same key; default a fresh one")
     ] = None,
     note: Annotated[str | None, typer.Option(help="shown in the ledger history")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Top up a user."""
+    """Top up a user's account in a city."""
     key = idempotency_key or f"cli-{uuid.uuid4().hex}"
     with admin_client(ctx) as admin:
-        entry = admin.balance.credit(user_id, amount, key, note)
+        entry = admin.balance.credit(city, user_id, amount, key, note)
     if as_json:
         print_json(entry)
         return
-    print_fields(entry, ("id", "user_id", "kind", "amount_microcredits", "balance_after_microcredits", "note"))
+    print_fields(entry, ("id", "account_id", "kind", "amount_microcredits", "balance_after_microcredits", "note"))
 
 
 @balance_app.command("get")
-def balance_get(ctx: typer.Context, user_id: str, as_json: JsonOption = False) -> None:
-    """One user's balance, holds and available credit, in microcredits."""
+def balance_get(ctx: typer.Context, user_id: str, city: CityOption, as_json: JsonOption = False) -> None:
+    """One account's balance, holds and available credit, in microcredits."""
     with admin_client(ctx) as admin:
-        balance = admin.balance.get(user_id)
+        balance = admin.balance.get(city, user_id)
     if as_json:
         print_json(balance)
         return
-    print_fields(balance, ("user_id", "balance", "held", "available"))
+    print_fields(balance, ("account_id", "balance", "held", "available"))
 
 
 @balance_app.command("history")
 def balance_history(
     ctx: typer.Context,
     user_id: str,
+    city: CityOption,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """A user's ledger entries, newest first."""
+    """An account's ledger entries, newest first."""
     with admin_client(ctx) as admin:
-        entries = admin.balance.history(user_id, limit)
+        entries = admin.balance.history(city, user_id, limit)
     if as_json:
         print_json(entries)
         return

@@ -93,24 +93,28 @@ class BalanceResource(SyncNamespace):
     """`admin.balance`: credits, debits and ledger history."""
 
     def credit(
-        self, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
+        self, city_id: str, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
     ) -> LedgerEntry:
         """Top up a user; repeating the key returns the first entry."""
-        return self._transport.call(ops.change_balance("credit", user_id, amount_microcredits, idempotency_key, note))
+        return self._transport.call(
+            ops.change_balance("credit", city_id, user_id, amount_microcredits, idempotency_key, note)
+        )
 
     def debit(
-        self, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
+        self, city_id: str, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
     ) -> LedgerEntry:
         """Take credits from a user (402 `insufficient_balance` when short)."""
-        return self._transport.call(ops.change_balance("debit", user_id, amount_microcredits, idempotency_key, note))
+        return self._transport.call(
+            ops.change_balance("debit", city_id, user_id, amount_microcredits, idempotency_key, note)
+        )
 
-    def get(self, user_id: str) -> Balance:
-        """One user's balance."""
-        return self._transport.call(ops.get_balance(user_id))
+    def get(self, city_id: str, user_id: str) -> Balance:
+        """One account's balance."""
+        return self._transport.call(ops.get_balance(city_id, user_id))
 
-    def history(self, user_id: str, limit: int = 50) -> list[LedgerEntry]:
-        """A user's ledger entries, newest first."""
-        return self._transport.call(ops.balance_history(user_id, limit))
+    def history(self, city_id: str, user_id: str, limit: int = 50) -> list[LedgerEntry]:
+        """An account's ledger entries, newest first."""
+        return self._transport.call(ops.balance_history(city_id, user_id, limit))
 
 
 class UsageResource(SyncNamespace):
@@ -236,28 +240,28 @@ class AsyncBalanceResource(AsyncNamespace):
     """`admin.balance`: credits, debits and ledger history."""
 
     async def credit(
-        self, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
+        self, city_id: str, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
     ) -> LedgerEntry:
         """Top up a user; repeating the key returns the first entry."""
         return await self._transport.call(
-            ops.change_balance("credit", user_id, amount_microcredits, idempotency_key, note)
+            ops.change_balance("credit", city_id, user_id, amount_microcredits, idempotency_key, note)
         )
 
     async def debit(
-        self, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
+        self, city_id: str, user_id: str, amount_microcredits: int, idempotency_key: str, note: str | None = None
     ) -> LedgerEntry:
         """Take credits from a user (402 `insufficient_balance` when short)."""
         return await self._transport.call(
-            ops.change_balance("debit", user_id, amount_microcredits, idempotency_key, note)
+            ops.change_balance("debit", city_id, user_id, amount_microcredits, idempotency_key, note)
         )
 
-    async def get(self, user_id: str) -> Balance:
-        """One user's balance."""
-        return await self._transport.call(ops.get_balance(user_id))
+    async def get(self, city_id: str, user_id: str) -> Balance:
+        """One account's balance."""
+        return await self._transport.call(ops.get_balance(city_id, user_id))
 
-    async def history(self, user_id: str, limit: int = 50) -> list[LedgerEntry]:
-        """A user's ledger entries, newest first."""
-        return await self._transport.call(ops.balance_history(user_id, limit))
+    async def history(self, city_id: str, user_id: str, limit: int = 50) -> list[LedgerEntry]:
+        """An account's ledger entries, newest first."""
+        return await self._transport.call(ops.balance_history(city_id, user_id, limit))
 
 
 class AsyncUsageResource(AsyncNamespace):

@@ -34,9 +34,11 @@ class Model(_Result):
 
 
 class Balance(_Result):
-    """A user's balance, the sum of their holds and what is left to spend, in microcredits."""
+    """An account's balance, the sum of its holds and what is left to spend, in microcredits."""
 
+    city_id: str
     user_id: str
+    account_id: str
     balance: int
     held: int
     available: int
@@ -47,7 +49,9 @@ class LedgerEntry(_Result):
 
     id: int
     idempotency_key: str
+    city_id: str
     user_id: str
+    account_id: str
     kind: str
     amount_microcredits: int
     balance_after_microcredits: int

@@ -190,6 +190,7 @@ def remove_env(key: str) -> Operation[bool]:
 
 def change_balance(
     action: Literal["credit", "debit"],
+    city_id: str,
     user_id: str,
     amount_microcredits: int,
     idempotency_key: str,
@@ -197,6 +198,7 @@ def change_balance(
 ) -> Operation[LedgerEntry]:
     """POST /v1/balance/credit or /v1/balance/debit; the body's idempotency key makes retries safe."""
     body = {
+        "city_id": city_id,
         "user_id": user_id,
         "amount_microcredits": amount_microcredits,
         "idempotency_key": idempotency_key,
@@ -205,14 +207,15 @@ def change_balance(
     return _post(f"/v1/balance/{action}", LedgerEntry.model_validate, body, retry_safe=True)
 
 
-def get_balance(user_id: str) -> Operation[Balance]:
+def get_balance(city_id: str, user_id: str) -> Operation[Balance]:
     """GET /v1/balance/get."""
-    return _get("/v1/balance/get", Balance.model_validate, {"user_id": user_id})
+    return _get("/v1/balance/get", Balance.model_validate, {"city_id": city_id, "user_id": user_id})
 
 
-def balance_history(user_id: str, limit: int) -> Operation[list[LedgerEntry]]:
+def balance_history(city_id: str, user_id: str, limit: int) -> Operation[list[LedgerEntry]]:
     """GET /v1/balance/history."""
-    return _get("/v1/balance/history", _items(LedgerEntry), {"user_id": user_id, "limit": limit})
+    query = {"city_id": city_id, "user_id": user_id, "limit": limit}
+    return _get("/v1/balance/history", _items(LedgerEntry), query)
 
 
 def list_usage(filters: Mapping[str, Any]) -> Operation[list[UsageRecord]]:

@@ -245,7 +245,7 @@ class JobManager:
         if record.terminal:
             await self._finalize(record)
             return None
-        self._renewer.track(self, image_hold_key(record.job_id), record.user_id)
+        self._renewer.track(self, image_hold_key(record.job_id), self._account(record))
         deadline = record.created_at_ms + self.settings.image_max_pending_duration_ms
         if now_ms() >= deadline:
             await self._finish(record, {"status": "failed", "error": UPSTREAM_TIMEOUT, "message": UPSTREAM_TIMEOUT})
@@ -314,7 +314,7 @@ class JobManager:
         await self._finalize(stored)
 
     async def _finalize(self, record: JobRecord) -> None:
-        self._renewer.untrack(image_hold_key(record.job_id), record.user_id)
+        self._renewer.untrack(image_hold_key(record.job_id), self._account(record))
         if not record.finalized:
             amount = await self._settle(record)
             await self.store.mark_finalized(record.job_id, amount, now_ms())
@@ -323,6 +323,9 @@ class JobManager:
             if not future.done():
                 future.set_result(None)
 
+    def _account(self, record: JobRecord) -> str:
+        return self.federation.accounts.account_id(record.city_id, record.user_id)
+
     async def _settle(self, record: JobRecord) -> int:
         """Charge a succeeded job once from its hold (key `image:<job_id>`), else release the hold; the charge."""
         usage = record.usage_row()
@@ -330,11 +333,11 @@ class JobManager:
         amount = charge.amount_microcredits if charge is not None else 0
         key = image_hold_key(record.job_id)
         if charge is None or amount == 0:
-            await self.ledger.release(key, user_id=record.user_id, usage=usage)
+            await self.ledger.release(key, user_id=self._account(record), usage=usage)
             return 0
         settled = await self.ledger.settle(
             key,
-            record.user_id,
+            self._account(record),
             amount,
             ref=charge.ref or record.job_id,
             note=charge.note,

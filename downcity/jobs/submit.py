@@ -111,7 +111,8 @@ async def _create(
     ctx = Context(input=dict(body), user=user, city=city, model=model, pathway="image", request_id=job_id)
     await run_before(ctx, federation.hook_chain(model))
     hold_key = image_hold_key(job_id)
-    held = await admit(ledger, hold_key, user.user_id, model)
+    account = federation.accounts.account_id(city.city_id, user.user_id)
+    held = await admit(ledger, hold_key, account, model)
     request = ActionRequest(
         request_id=job_id,
         pathway="image",
@@ -125,7 +126,7 @@ async def _create(
         created = await gateway.image_create(model.provider.id, request)
     except BaseException:
         if held:
-            await ledger.release(hold_key, user_id=user.user_id)
+            await ledger.release(hold_key, user_id=account)
         raise
     record = _new_record(ctx, created, key, default_poll_ms, digest)
     # The claim admits one create per key; the unique key on the job is the backstop.

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Integer, String, Text
 
+from downcity.accounts import MAX_ACCOUNT_ID_CHARS
 from downcity.errors import invalid
 from downcity.store.database import now_ms
 from downcity.store.schema import usage_records
@@ -74,6 +75,14 @@ def check_text(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise invalid(f"{field} must be a non-empty string", field=field)
     _check_storable(value, field, _MAX_KEY_LENGTH)
+    return value
+
+
+def check_account(value: Any) -> str:
+    """An account id (see `downcity.accounts`), else a 422 naming `user_id`, the field ledger callers pass."""
+    if not isinstance(value, str) or not value:
+        raise invalid("user_id must be a non-empty string", field="user_id")
+    _check_storable(value, "user_id", MAX_ACCOUNT_ID_CHARS)
     return value
 
 

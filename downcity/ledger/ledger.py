@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from downcity.errors import DowncityHTTPError, invalid
 from downcity.ledger.checks import (
+    check_account,
     check_amount,
     check_metadata,
     check_optional_text,
@@ -213,7 +214,7 @@ class Ledger:
 
     async def balance(self, user_id: str) -> Balance:
         """The user's committed balance."""
-        check_text(user_id, "user_id")
+        check_account(user_id)
         async with self.db.connect() as conn:
             row = (await conn.execute(select(balances).where(balances.c.user_id == user_id))).first()
         if row is None:
@@ -223,7 +224,7 @@ class Ledger:
 
     async def history(self, user_id: str, limit: int = 50, before_id: int | None = None) -> list[LedgerEntry]:
         """The user's committed entries, newest first, optionally before an entry id."""
-        check_text(user_id, "user_id")
+        check_account(user_id)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_HISTORY:
             raise invalid(f"limit must be an integer from 1 to {_MAX_HISTORY}", field="limit")
         query = select(ledger_entries).where(ledger_entries.c.user_id == user_id)
@@ -243,7 +244,7 @@ class Ledger:
         return await self._submit(Op(kind, self._future(), key, user_id, amount, note=note, **fields))
 
     def _check_owner(self, user_id: str) -> None:
-        check_text(user_id, "user_id")
+        check_account(user_id)
         if not self.owns(user_id):
             raise ValueError(f"user {user_id!r} belongs to another ledger shard than {self.shard}")
 

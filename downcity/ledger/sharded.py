@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from downcity.errors import invalid
-from downcity.ledger.checks import check_text
+from downcity.ledger.checks import check_account
 from downcity.ledger.types import Balance, HoldResult, LedgerEntry, LedgerPort, SettleResult, shard_of
 
 
@@ -21,7 +21,7 @@ class ShardedLedger:
 
     def shard_for(self, user_id: str) -> LedgerPort:
         """The shard that owns `user_id`."""
-        return self.shards[shard_of(check_text(user_id, "user_id"), len(self.shards))]
+        return self.shards[shard_of(check_account(user_id), len(self.shards))]
 
     async def start(self) -> None:
         """Start every shard."""

@@ -18,6 +18,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
+# Same as downcity.accounts.MAX_ACCOUNT_ID_CHARS; the store imports nothing above it.
+ACCOUNT_ID = 265
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -73,7 +75,9 @@ revoked_tokens = Table(
 balances = Table(
     "balances",
     metadata,
-    Column("user_id", String(200), primary_key=True),
+    # The account id (`<city_id>/<user_id>` or `~<space>/<user_id>`, see downcity.accounts), as in holds,
+    # ledger_entries and settle_outbox.
+    Column("user_id", String(ACCOUNT_ID), primary_key=True),
     Column("credits_microcredits", BigInteger, nullable=False, default=0),
     Column("held_microcredits", BigInteger, nullable=False, default=0),
     Column("updated_at_ms", BigInteger, nullable=False),
@@ -83,7 +87,7 @@ holds = Table(
     "holds",
     metadata,
     Column("idempotency_key", String(200), primary_key=True),
-    Column("user_id", String(200), nullable=False),
+    Column("user_id", String(ACCOUNT_ID), nullable=False),
     Column("amount_microcredits", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
@@ -103,7 +107,7 @@ ledger_entries = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("idempotency_key", String(200), nullable=False, unique=True),
-    Column("user_id", String(200), nullable=False),
+    Column("user_id", String(ACCOUNT_ID), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("amount_microcredits", BigInteger, nullable=False),
     Column("balance_after_microcredits", BigInteger, nullable=False),
@@ -149,7 +153,7 @@ settle_outbox = Table(
     "settle_outbox",
     metadata,
     Column("idempotency_key", String(200), primary_key=True),
-    Column("user_id", String(200), nullable=False),
+    Column("user_id", String(ACCOUNT_ID), nullable=False),
     Column("amount_microcredits", BigInteger, nullable=False),
     Column("ref", String(200), nullable=True),
     Column("note", Text, nullable=True),

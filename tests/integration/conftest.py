@@ -38,6 +38,7 @@ class ServedApp:
             credited = await self.admin.post(
                 "/v1/balance/credit",
                 json={
+                    "city_id": city_id,
                     "user_id": user_id,
                     "amount_microcredits": credit,
                     "idempotency_key": f"seed-{user_id}",

@@ -153,7 +153,12 @@ async def seed(client: httpx.AsyncClient) -> tuple[str, str, str]:
     """A city and a user with plenty of credit; returns (city_id, user_id, token)."""
     city_id, user_id = f"mn{uuid.uuid4().hex[:8]}", f"u{uuid.uuid4().hex[:8]}"
     created = await client.post("/v1/cities/create", json={"name": "Multinode", "city_id": city_id})
-    credit = {"user_id": user_id, "amount_microcredits": CREDIT, "idempotency_key": f"seed-{user_id}"}
+    credit = {
+        "city_id": city_id,
+        "user_id": user_id,
+        "amount_microcredits": CREDIT,
+        "idempotency_key": f"seed-{user_id}",
+    }
     credited = await client.post("/v1/balance/credit", json=credit)
     issued = await client.post("/v1/tokens/apply", json={"city_id": city_id, "user_id": user_id})
     for reply in (created, credited, issued):
@@ -166,9 +171,10 @@ async def ledger_view(database_url: str, user_id: str) -> tuple[dict[str, int], 
     db = Database(database_url)
     try:
         async with db.connect() as conn:
-            rows = await conn.execute(select(ledger_entries).where(ledger_entries.c.user_id == user_id))
+            # The ledger keys accounts as `<city_id>/<user_id>`; test user ids are unique across cities.
+            rows = await conn.execute(select(ledger_entries).where(ledger_entries.c.user_id.endswith(f"/{user_id}")))
             entries = {row.idempotency_key: row.amount_microcredits for row in rows if row.kind == "charge"}
-            balance = (await conn.execute(select(balances).where(balances.c.user_id == user_id))).one()
+            balance = (await conn.execute(select(balances).where(balances.c.user_id.endswith(f"/{user_id}")))).one()
     finally:
         await db.dispose()
     return entries, int(balance.credits_microcredits)

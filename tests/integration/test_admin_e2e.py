@@ -58,7 +58,7 @@ async def test_seed_flow_token_from_the_backend_reaches_hooks_as_metadata(
 ) -> None:
     city = await admin.cities.create("Seed web app")
     user_id = f"u{uuid.uuid4().hex[:10]}"
-    await admin.balance.credit(user_id, 100_000, f"seed-{user_id}")
+    await admin.balance.credit(city.city_id, user_id, 100_000, f"seed-{user_id}")
     pro = await admin.tokens.apply(city_id=city.city_id, user_id=user_id, metadata={"plan": "pro"})
     free = await admin.tokens.apply(city_id=city.city_id, user_id=user_id, metadata={"plan": "free"})
     async with user(served, city.city_id, pro.user_token) as client:

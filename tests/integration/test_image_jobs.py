@@ -64,7 +64,9 @@ async def db(served: ServedApp) -> AsyncIterator[Database]:
 
 
 async def charges(db: Database, user_id: str) -> list[tuple[str, int]]:
-    query = select(ledger_entries).where(ledger_entries.c.user_id == user_id, ledger_entries.c.kind == "charge")
+    # The ledger keys accounts as `<city_id>/<user_id>`; test user ids are unique across cities.
+    account = ledger_entries.c.user_id.endswith(f"/{user_id}")
+    query = select(ledger_entries).where(account, ledger_entries.c.kind == "charge")
     async with db.connect() as conn:
         return sorted((row.idempotency_key, row.amount_microcredits) for row in (await conn.execute(query)).all())
 

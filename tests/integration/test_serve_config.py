@@ -74,7 +74,12 @@ def test_serve_run_serves_the_example_federation_end_to_end(serve_run: str) -> N
             client.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-serve-run-1"}).status_code == 200
         )
         assert client.post("/v1/cities/create", json={"name": "Serve run", "city_id": "serve-run"}).status_code == 200
-        credit = {"user_id": "u1", "amount_microcredits": 50_000, "idempotency_key": "serve-run-seed"}
+        credit = {
+            "city_id": "serve-run",
+            "user_id": "u1",
+            "amount_microcredits": 50_000,
+            "idempotency_key": "serve-run-seed",
+        }
         assert client.post("/v1/balance/credit", json=credit).status_code == 200
         token = client.post("/v1/tokens/apply", json={"city_id": "serve-run", "user_id": "u1"}).json()["user_token"]
         time.sleep(1.5)

@@ -60,7 +60,7 @@ async def served(database_url: str, tmp_path: Path) -> AsyncIterator[Served]:
     recorded = Recorded()
     runtime.metrics = recorded
     await runtime.cities.create("Metrics", CITY)
-    await runtime.ledger.credit("seed", "u1", 1_000_000)
+    await runtime.ledger.credit("seed", f"{CITY}/u1", 1_000_000)
     token = (await runtime.security.issuer.apply(CITY, "u1", {})).user_token
     quota_token = (await runtime.security.issuer.apply(CITY, "u2", {"quota_exceeded": True})).user_token
     await runtime.refresh()

@@ -1,4 +1,8 @@
-"""Balance routes: the caller's own balance, and admin credit / debit / get / history."""
+"""Balance routes: the caller's own balance, and admin credit / debit / get / history of one account.
+
+An account is (city_id, user_id), or the user's account in the space a city shares (see `downcity.accounts`);
+every response names the city, the user and the account id the Ledger keeps.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from downcity.cities import CITY_ID_PATTERN
 from downcity.http.deps import AdminDep, CallerDep, RuntimeDep
+from downcity.ledger import Balance, LedgerEntry
+from downcity.runtime import Runtime
 
 router = APIRouter(prefix="/v1/balance")
 
@@ -15,53 +22,67 @@ router = APIRouter(prefix="/v1/balance")
 class BalanceChange(BaseModel):
     """Body of `/v1/balance/credit` and `/v1/balance/debit`."""
 
+    city_id: str = Field(pattern=CITY_ID_PATTERN.pattern)
     user_id: str = Field(min_length=1, max_length=200)
     amount_microcredits: int = Field(gt=0, le=10**15, strict=True)
     idempotency_key: str = Field(min_length=1, max_length=180)
     note: str | None = Field(default=None, max_length=1000)
 
 
+CityQuery = Annotated[str, Query(pattern=CITY_ID_PATTERN.pattern)]
 UserQuery = Annotated[str, Query(min_length=1, max_length=200)]
+
+
+def _account(runtime: Runtime, city_id: str, user_id: str) -> str:
+    return runtime.federation.accounts.account_id(city_id, user_id)
+
+
+def _balance(balance: Balance, city_id: str, user_id: str) -> dict[str, Any]:
+    return {**balance.model_dump(), "city_id": city_id, "user_id": user_id, "account_id": balance.user_id}
+
+
+def _entry(entry: LedgerEntry, city_id: str, user_id: str) -> dict[str, Any]:
+    return {**entry.model_dump(), "city_id": city_id, "user_id": user_id, "account_id": entry.user_id}
 
 
 @router.get("/me")
 async def my_balance(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
     """The caller's balance, held amount and what is available."""
-    return (await runtime.ledger.balance(caller.user_id)).model_dump()
+    balance = await runtime.ledger.balance(_account(runtime, caller.city_id, caller.user_id))
+    return _balance(balance, caller.city_id, caller.user_id)
 
 
 @router.post("/credit")
 async def credit(body: BalanceChange, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """Top up a user; replays of the same key return the first entry."""
-    entry = await runtime.ledger.credit(
-        f"admin:{body.idempotency_key}", body.user_id, body.amount_microcredits, note=body.note
-    )
-    return entry.model_dump()
+    """Top up an account; replays of the same key return the first entry."""
+    account = _account(runtime, body.city_id, body.user_id)
+    entry = await runtime.ledger.credit(f"admin:{body.idempotency_key}", account, body.amount_microcredits, body.note)
+    return _entry(entry, body.city_id, body.user_id)
 
 
 @router.post("/debit")
 async def debit(body: BalanceChange, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """Take credits from a user (402 when the available balance is short)."""
-    entry = await runtime.ledger.debit(
-        f"admin:{body.idempotency_key}", body.user_id, body.amount_microcredits, note=body.note
-    )
-    return entry.model_dump()
+    """Take credits from an account (402 when the available balance is short)."""
+    account = _account(runtime, body.city_id, body.user_id)
+    entry = await runtime.ledger.debit(f"admin:{body.idempotency_key}", account, body.amount_microcredits, body.note)
+    return _entry(entry, body.city_id, body.user_id)
 
 
 @router.get("/get")
-async def get_balance(user_id: UserQuery, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """One user's balance."""
-    return (await runtime.ledger.balance(user_id)).model_dump()
+async def get_balance(city_id: CityQuery, user_id: UserQuery, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
+    """One account's balance."""
+    return _balance(await runtime.ledger.balance(_account(runtime, city_id, user_id)), city_id, user_id)
 
 
 @router.get("/history")
 async def history(
+    city_id: CityQuery,
     user_id: UserQuery,
     runtime: RuntimeDep,
     _: AdminDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> dict[str, Any]:
-    """A user's ledger entries, newest first."""
-    entries = await runtime.ledger.history(user_id, limit=limit, before_id=before_id)
-    return {"items": [entry.model_dump() for entry in entries]}
+    """An account's ledger entries, newest first."""
+    entries = await runtime.ledger.history(_account(runtime, city_id, user_id), limit=limit, before_id=before_id)
+    return {"items": [_entry(entry, city_id, user_id) for entry in entries]}

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from downcity.accounts import AccountSpaces
 from downcity.ai import AIService, Federation, OpenAICompatibleClient, Provider
 from downcity.demo.upstream import bind_socket, build_server
 from downcity.errors import DowncityHTTPError
@@ -41,6 +42,13 @@ class Upstream(Provider):
         return OpenAICompatibleClient(api_key=api_key, base_url=base_url)
 
 
+class Charging(Provider):
+    """An action that charges more than its model's hold."""
+
+    async def text(self, ctx: Any) -> dict[str, Any]:
+        return {"output": "done", "charge": ChargeDraft(amount_microcredits=2 * FLAT)}
+
+
 def _flat(ctx: Any, output: Any) -> ChargeDraft:
     return ChargeDraft(amount_microcredits=FLAT, ref=ctx.request_id)
 
@@ -53,11 +61,14 @@ def _per_token(ctx: Any, output: Any) -> ChargeDraft:
 def _federation(upstream_url: str) -> Federation:
     chat = Upstream("up", env_key="UP_KEY", base_url=upstream_url)
     images = DeepSeekImages("img", env_key="UP_KEY", base_url=upstream_url)
+    charging = Charging("charging")
     ai = (
         AIService()
         .use(chat.model("flat", default=("text", "stream", "openai"), bill=_flat, hold_microcredits=FLAT))
         .use(chat.model("tokens", bill=_per_token, hold_microcredits=5_000))
         .use(images.model("pic", default="image", bill=per_image, hold_microcredits=IMAGE_PRICE))
+        .use(charging.model("charging-held", hold_microcredits=FLAT))
+        .use(charging.model("charging-unheld"))
     )
     return Federation(name="money").use(ai)
 
@@ -75,7 +86,7 @@ class App:
         response = await self.http.post(
             "/v1/balance/credit",
             headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-            json={"user_id": user, "amount_microcredits": amount, "idempotency_key": uuid.uuid4().hex},
+            json={"city_id": CITY, "user_id": user, "amount_microcredits": amount, "idempotency_key": uuid.uuid4().hex},
         )
         assert response.status_code == 200, response.text
 
@@ -89,7 +100,7 @@ class App:
         return sum(1 for item in items if item["key"] == self.upstream_key)
 
     async def balance(self, user: str = "u1") -> tuple[int, int]:
-        value = await self.runtime.ledger.balance(user)
+        value = await self.runtime.ledger.balance(f"{CITY}/{user}")
         return value.balance, value.held
 
     async def count(self, table: Any) -> int:
@@ -366,3 +377,51 @@ async def test_a_charge_the_ledger_cannot_take_goes_to_the_outbox_before_the_fin
     assert await app.balance() == (100_000, FLAT)
     assert await Outbox(app.runtime.db).drain(ledger, lambda user_id: True) == 1
     assert (await app.balance(), await app.count(settle_outbox)) == ((100_000 - FLAT, 0), 0)
+
+
+async def _token(app: App, city_id: str, user_id: str) -> dict[str, str]:
+    await app.runtime.cities.create(city_id.title(), city_id=city_id)
+    await app.runtime.refresh()
+    issued = await app.runtime.security.issuer.apply(city_id, user_id)
+    return {"Authorization": f"Bearer {issued.user_token}"}
+
+
+async def test_the_same_user_id_in_two_cities_has_two_accounts(app: App) -> None:
+    await app.credit(100_000)
+    other_city = await _token(app, "mall", "u1")
+
+    refused = await app.http.post("/v1/ai/text", json={"prompt": "x"}, headers=other_city)
+    mine = (await app.http.get("/v1/balance/me", headers=other_city)).json()
+
+    assert (refused.status_code, refused.json()["error"]["type"]) == (402, "insufficient_balance")
+    assert (mine["account_id"], mine["available"], await app.balance()) == ("mall/u1", 0, (100_000, 0))
+
+
+async def test_cities_that_share_an_account_space_spend_one_balance(app: App) -> None:
+    app.runtime.federation.accounts = AccountSpaces({"group": [CITY, "mall"]})
+    await app.credit(100_000)
+    other_city = await _token(app, "mall", "u1")
+
+    answered = await app.http.post("/v1/ai/text", json={"prompt": "x"}, headers=other_city)
+    mine = (await app.http.get("/v1/balance/me", headers=other_city)).json()
+
+    assert (answered.status_code, mine["account_id"], mine["balance"]) == (200, "~group/u1", 100_000 - FLAT)
+
+
+async def test_an_action_charge_is_admitted_inside_the_hold_and_never_exceeds_it(app: App) -> None:
+    await app.credit(FLAT)
+
+    first = await app.http.post("/v1/ai/text", json={"model": "charging-held", "prompt": "x"}, headers=app.user())
+    second = await app.http.post("/v1/ai/text", json={"model": "charging-held", "prompt": "x"}, headers=app.user())
+
+    assert (first.status_code, first.json()["metadata"]["charge"]["amount_microcredits"]) == (200, FLAT)
+    assert (second.status_code, await app.balance()) == (402, (0, 0))
+
+
+async def test_an_action_charge_on_a_model_without_a_hold_is_refused_not_given_away(app: App) -> None:
+    await app.credit(100_000)
+
+    response = await app.http.post("/v1/ai/text", json={"model": "charging-unheld", "prompt": "x"}, headers=app.user())
+
+    assert (response.status_code, response.json()["error"]["type"]) == (502, "provider_error")
+    assert await app.balance() == (100_000, 0)

@@ -69,7 +69,7 @@ async def _new_token(served: Served, admin: AsyncAdminClient, *, credit: int = C
         # The app's refreshers are not running under ASGITransport; load the new city directly.
         await served.runtime.refresh()
     if credit:
-        await admin.balance.credit(USER, credit, f"seed-{USER}")
+        await admin.balance.credit(CITY, USER, credit, f"seed-{USER}")
     issued = await admin.tokens.apply(city_id=CITY, user_id=USER, metadata={"plan": "pro"})
     return issued.user_token
 
@@ -102,19 +102,22 @@ async def test_admin_pauses_and_activates_a_city(admin: AsyncAdminClient) -> Non
 
 
 async def test_admin_credit_returns_the_ledger_entry(admin: AsyncAdminClient) -> None:
-    entry = await admin.balance.credit("u1", 2_500, "top-1", note="welcome")
+    entry = await admin.balance.credit("web", "u1", 2_500, "top-1", note="welcome")
 
     assert isinstance(entry, LedgerEntry)
-    assert (entry.user_id, entry.kind, entry.amount_microcredits) == ("u1", "credit", 2_500)
+    assert (entry.city_id, entry.user_id, entry.account_id) == ("web", "u1", "web/u1")
+    assert (entry.kind, entry.amount_microcredits) == ("credit", 2_500)
     assert (entry.balance_after_microcredits, entry.note) == (2_500, "welcome")
 
 
 async def test_admin_debit_get_and_history(admin: AsyncAdminClient) -> None:
-    await admin.balance.credit("u1", 2_500, "top-1")
-    await admin.balance.debit("u1", 500, "take-1")
+    await admin.balance.credit("web", "u1", 2_500, "top-1")
+    await admin.balance.debit("web", "u1", 500, "take-1")
 
-    assert await admin.balance.get("u1") == Balance(user_id="u1", balance=2_000, held=0, available=2_000)
-    history = await admin.balance.history("u1", limit=10)
+    assert await admin.balance.get("web", "u1") == Balance(
+        city_id="web", user_id="u1", account_id="web/u1", balance=2_000, held=0, available=2_000
+    )
+    history = await admin.balance.history("web", "u1", limit=10)
     assert [(e.kind, e.amount_microcredits) for e in history] == [("debit", 500), ("credit", 2_500)]
 
 
@@ -219,7 +222,9 @@ async def test_user_lists_models(user: AsyncUserClient) -> None:
 
 
 async def test_user_reads_own_balance(user: AsyncUserClient) -> None:
-    assert await user.balance() == Balance(user_id=USER, balance=CREDIT, held=0, available=CREDIT)
+    assert await user.balance() == Balance(
+        city_id=CITY, user_id=USER, account_id=f"{CITY}/{USER}", balance=CREDIT, held=0, available=CREDIT
+    )
 
 
 async def test_bad_token_raises_401(served: Served) -> None:
@@ -267,7 +272,7 @@ async def test_unknown_city_raises_404_naming_the_field(admin: AsyncAdminClient)
 
 async def test_invalid_amount_raises_422_naming_the_field(admin: AsyncAdminClient) -> None:
     with pytest.raises(DowncityError) as caught:
-        await admin.balance.credit("u1", 0, "zero")
+        await admin.balance.credit("web", "u1", 0, "zero")
 
     error = caught.value
     assert (error.status, error.type, error.field) == (422, "invalid_request", "amount_microcredits")

@@ -40,7 +40,7 @@ async def clients(
     admin = AsyncAdminClient(BASE_URL, admin_key=ADMIN_KEY, transport=transport)
     await admin.cities.create("Web app", city_id="web")
     await runtime.refresh()
-    await admin.balance.credit("u1", CREDIT, "seed-u1")
+    await admin.balance.credit("web", "u1", CREDIT, "seed-u1")
     issued = await admin.tokens.apply(city_id="web", user_id="u1")
     user = AsyncUserClient(BASE_URL, city_id="web", user_token=issued.user_token, transport=transport)
     async with admin, user:

@@ -94,7 +94,7 @@ def admin(server: RuntimeServer) -> Iterator[AdminClient]:
 
 @pytest.fixture
 def user(server: RuntimeServer, admin: AdminClient) -> Iterator[UserClient]:
-    admin.balance.credit("u1", 1_000_000, "seed-u1")
+    admin.balance.credit(CITY, "u1", 1_000_000, "seed-u1")
     issued = admin.tokens.apply(city_id=CITY, user_id="u1")
     with UserClient(server.url, city_id=CITY, user_token=issued.user_token) as client:
         yield client

@@ -35,6 +35,7 @@ from examples.federation import DeepSeekImages, LocalTools, per_image
 
 CITY = "city-a"
 USER = "alice"
+ACCOUNT = f"{CITY}/{USER}"
 KEY_ENV = "IMAGES_KEY"
 FAST = Settings(
     image_poll_interval_ms=50,
@@ -114,8 +115,8 @@ class Jobs:
         times: list[int] = seen.json()["poll_times_ms"]
         return times
 
-    async def charges(self, user_id: str = USER) -> list[tuple[str, int]]:
-        query = select(ledger_entries).where(ledger_entries.c.user_id == user_id, ledger_entries.c.kind == "charge")
+    async def charges(self, account: str = ACCOUNT) -> list[tuple[str, int]]:
+        query = select(ledger_entries).where(ledger_entries.c.user_id == account, ledger_entries.c.kind == "charge")
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [(row.idempotency_key, row.amount_microcredits) for row in rows]
@@ -137,7 +138,7 @@ def federation(demo_upstream: str) -> Federation:
 async def jobs(db: Database, federation: Federation, demo_upstream: str) -> AsyncIterator[Jobs]:
     ledger = Ledger(db)
     await ledger.start()
-    await ledger.credit("seed", USER, 1_000_000)
+    await ledger.credit("seed", ACCOUNT, 1_000_000)
     runners = {
         pid: ProviderRunner(
             provider, {m.id: m for m in federation.models.values() if m.provider is provider}, {KEY_ENV: "k"}
@@ -283,7 +284,7 @@ async def test_a_success_written_but_not_billed_is_billed_once_on_recovery(jobs:
     success = ImageJobResult(job_id="up", status="succeeded", result={"role": "assistant", "parts": [FILE_PART]})
     stored = await jobs.store.save_terminal(replace(created, **outcome_fields(success)), now_ms())
     # A crash after the charge but before the job recorded it: the replayed settle must not charge again.
-    await jobs.ledger.settle(f"image:{created.job_id}", USER, 20_000)
+    await jobs.ledger.settle(f"image:{created.job_id}", ACCOUNT, 20_000)
     assert (stored.status, stored.charge_microcredits) == ("succeeded", None)
     done = await (await jobs.manager()).wait(created.job_id, 5)
     assert done is not None and (done.charge_microcredits, done.next_poll_at_ms) == (20_000, None)
@@ -308,7 +309,7 @@ async def test_a_restarted_manager_finishes_every_pending_job_and_bills_each_suc
 async def test_repeated_create_with_one_key_returns_the_first_job_without_a_second_upstream_job(
     jobs: Jobs,
 ) -> None:
-    await jobs.ledger.credit("seed-bob", "bob", 1_000_000)
+    await jobs.ledger.credit("seed-bob", f"{CITY}/bob", 1_000_000)
     first = await jobs.create("a cat", key="k-1")
     again = await jobs.create("a cat", key="k-1")
     other_user = await jobs.create("a cat", key="k-1", user_id="bob")

@@ -57,7 +57,7 @@ def _migrate_to(connection: Connection, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
-    if revision == "0001":
+    if revision in ("0001", "0003"):
         command.downgrade(config, revision)
     else:
         command.upgrade(config, revision)
@@ -79,3 +79,28 @@ async def test_revision_0002_gives_held_holds_their_old_expiry_and_resolved_ones
         diff = await conn.run_sync(_schema_diff)
     assert [tuple(row) for row in rows] == [("held-1", 1000 + 15 * 60 * 1000), ("settled-1", None)]
     assert diff == []
+
+
+async def test_revision_0004_moves_each_account_to_the_city_its_user_called_from(db: Database) -> None:
+    async with db.begin() as conn:
+        await conn.run_sync(_migrate_to, "0003")
+        await conn.execute(
+            text(
+                "INSERT INTO balances (user_id, credits_microcredits, held_microcredits, updated_at_ms) "
+                "VALUES ('alice', 100, 0, 1), ('bob', 200, 0, 1), ('carol', 300, 0, 1)"
+            )
+        )
+        for user_id, city_id, request_id in (("alice", "web", "r1"), ("bob", "web", "r2"), ("bob", "ext", "r3")):
+            await conn.execute(
+                text(
+                    "INSERT INTO usage_records (request_id, city_id, user_id, pathway, status, http_status, "
+                    "input_tokens, output_tokens, cached_tokens, reasoning_tokens, duration_ms, "
+                    "charge_microcredits, usage_source, created_at_ms) "
+                    f"VALUES ('{request_id}', '{city_id}', '{user_id}', 'text', 'ok', 200, 0, 0, 0, 0, 0, 0, "
+                    "'upstream', 1)"
+                )
+            )
+        await conn.run_sync(_migrate_to, "head")
+    async with db.connect() as conn:
+        rows = (await conn.execute(text("SELECT user_id, credits_microcredits FROM balances ORDER BY 2"))).all()
+    assert [tuple(row) for row in rows] == [("web/alice", 100), ("~legacy/bob", 200), ("~legacy/carol", 300)]
