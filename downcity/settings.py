@@ -16,6 +16,7 @@ DEFAULT_IMAGE_BACKOFF_BASE_MS = 500
 DEFAULT_IMAGE_BACKOFF_MAX_MS = 30_000
 DEFAULT_IMAGE_FETCH_CONCURRENCY = 64
 DEFAULT_IMAGE_LEASE_MS = 90_000
+# A hold's TTL: live calls renew theirs every third of it, so only an abandoned hold expires, within minutes.
 DEFAULT_HOLD_EXPIRY_S = 120
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 

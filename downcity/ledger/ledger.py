@@ -27,8 +27,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import replace
 from typing import Any, cast
 
 from sqlalchemy import select
@@ -43,7 +41,8 @@ from downcity.ledger.checks import (
     check_text,
     normalize_usage,
 )
-from downcity.ledger.ops import Account, BatchState, EntryRow, HoldRow, Op, OpKind, Outcome, decide
+from downcity.ledger.memory import LedgerMemory
+from downcity.ledger.ops import Account, BatchState, Op, OpKind, Outcome, decide
 from downcity.ledger.outbox import Outbox
 from downcity.ledger.store import commit_one_trip, entry_row, load_batch, write_batch
 from downcity.ledger.types import (
@@ -61,8 +60,6 @@ from downcity.store.schema import balances, ledger_entries
 
 logger = logging.getLogger(__name__)
 
-_MAX_CACHED_USERS = 100_000
-_MAX_KNOWN_KEYS = 100_000
 _MAX_HISTORY = 500
 _MAX_REF_LENGTH = 200
 _MAX_RENEWED_KEYS = 10_000
@@ -105,9 +102,7 @@ class Ledger:
         self.sweep_interval_s = sweep_interval_s if sweep_interval_s is not None else default_interval
         self.shard = shard
         self.metrics = metrics or NoMetrics()
-        self._cache: dict[str, Account] = {}
-        # The committed hold and entry of recently used keys, so their next op needs no read.
-        self._known: OrderedDict[str, tuple[HoldRow | None, EntryRow | None]] = OrderedDict()
+        self._memory = LedgerMemory()
         self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -321,10 +316,7 @@ class Ledger:
 
     async def _commit(self, ops: list[Op]) -> None:
         state, outcomes = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
-        self._cache.update(state.touched)
-        self._remember(state, ops)
-        if len(self._cache) > _MAX_CACHED_USERS:
-            self._cache.clear()
+        self._memory.remember(state, ops)
         for op, outcome in zip(ops, outcomes, strict=True):
             if op.future.done():
                 continue
@@ -338,35 +330,30 @@ class Ledger:
 
     async def _commit_in_one_trip(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]] | None:
         """Decide from what this Ledger knows and write in one statement; None when the batch must load."""
-        assumed_new = self._unseen_keys(ops)
+        if self.db.dialect != "postgresql":
+            return None
+        assumed_new = self._memory.unseen_keys(ops)
         if assumed_new is None:
             return None
-        # Copies: a rolled-back attempt leaves the cache as it was.
-        users = {op.user_id for op in ops if op.user_id is not None}
-        for op in ops:
-            for key in op.touched_keys():
-                hold = self._known[key][0] if key in self._known else None
-                if hold is not None:
-                    users.add(hold.user_id)
-        state = self._state({user_id: replace(self._cache[user_id]) for user_id in users})
-        self._recall(state, ops)
+        state = self._state(self._memory.copy_accounts(ops))
+        self._memory.recall(state, ops)
         outcomes = [decide(state, op) for op in ops]
         try:
             committed = await commit_one_trip(self.db, state, assumed_new)
         except BaseException:
             # The COMMIT may have landed before the error: nothing the batch touched can be trusted.
-            self._forget(state, ops)
+            self._memory.forget(state, ops)
             raise
         if not committed:
             # Possibly stale accounts: the load path reads them again, under a row lock.
-            self._forget_accounts(state)
+            self._memory.forget_accounts(state)
             return None
         return state, outcomes
 
     async def _commit_after_loading(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]]:
         """Load the batch's keys and uncached accounts, decide, and write, in one transaction."""
         for _ in range(_STALE_ATTEMPTS):
-            state = self._state(self._cache)
+            state = self._state(self._memory.accounts)
             try:
                 async with self.db.begin() as conn:
                     await load_batch(self.db, conn, state, ops, self.owns)
@@ -375,69 +362,14 @@ class Ledger:
                         raise _StaleBalances
             except _StaleBalances:
                 # Rolled back: the next attempt loads the accounts another writer moved and decides again.
-                self._forget_accounts(state)
+                self._memory.forget_accounts(state)
                 continue
             except BaseException:
                 # Rolled back, or committed with a lost acknowledgement: forget all the batch touched.
-                self._forget(state, ops)
+                self._memory.forget(state, ops)
                 raise
             return state, outcomes
         raise RuntimeError(f"balances kept moving under the ledger for {_STALE_ATTEMPTS} attempts")
-
-    def _forget_accounts(self, state: BatchState) -> None:
-        for user_id in state.touched:
-            self._cache.pop(user_id, None)
-
-    def _forget(self, state: BatchState, ops: list[Op]) -> None:
-        """Drop the cached accounts and known keys a failed batch touched, so the next op reads them."""
-        self._forget_accounts(state)
-        for key in (*state.holds, *(key for op in ops for key in op.touched_keys())):
-            self._known.pop(key, None)
-
-    def _unseen_keys(self, ops: list[Op]) -> list[str] | None:
-        """The batch's keys this Ledger never saw, when it can take the one-trip path; None when it must load.
-
-        The one-trip path needs every account cached (loaded once under a row lock) and no sweep, whose
-        expired holds only a query can find. Unseen keys are assumed new and checked by the write itself.
-        """
-        if self.db.dialect != "postgresql":
-            return None
-        unseen: list[str] = []
-        for op in ops:
-            if op.kind == "sweep" or (op.user_id is not None and op.user_id not in self._cache):
-                return None
-            for key in op.touched_keys():
-                known = self._known.get(key)
-                if known is None:
-                    unseen.append(key)
-                elif known[0] is not None and known[0].user_id not in self._cache:
-                    return None
-        return unseen
-
-    def _recall(self, state: BatchState, ops: list[Op]) -> None:
-        """Put what this Ledger knows of the batch's keys into the batch, as copies it may change."""
-        for key in (key for op in ops for key in op.touched_keys()):
-            known = self._known.get(key)
-            if known is None:
-                continue
-            hold, entry = known
-            if hold is not None:
-                state.holds[key] = replace(hold)
-            if entry is not None:
-                state.entries[key] = entry
-
-    def _remember(self, state: BatchState, ops: list[Op]) -> None:
-        """After commit: the batch's keys are now known exactly, and so are the holds it changed."""
-        keys = {key for op in ops for key in op.touched_keys()}
-        changed = (key for key in state.holds if key not in keys and key in self._known)
-        for key in (*keys, *changed):
-            hold = state.holds.get(key)
-            committed = replace(hold, is_new=False, dirty=False) if hold is not None else None
-            entry = state.entries.get(key) if key in keys else self._known[key][1]
-            self._known[key] = (committed, entry)
-            self._known.move_to_end(key)
-        while len(self._known) > _MAX_KNOWN_KEYS:
-            self._known.popitem(last=False)
 
     async def _drain_outbox(self) -> None:
         try:
