@@ -14,7 +14,7 @@ Run it with `serve run serve_config.yaml`, or `downcity up --federation examples
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from downcity import (
@@ -38,8 +38,6 @@ PREMIUM_MODELS = {"deepseek-vl"}
 FLAT_PRICE = 500
 FRAME_PRICE = 1_000
 IMAGE_PRICE = 20_000
-# The most images one create may ask for (`count` is at most 8).
-MAX_IMAGES = 8
 CITY_SYSTEM_PROMPTS = {"kids": "Answer kindly and simply."}
 
 
@@ -117,6 +115,18 @@ def per_image(ctx: Context, output: UIMessage) -> ChargeDraft:
     return ChargeDraft(amount_microcredits=IMAGE_PRICE * images, ref=ctx.request_id, note=f"{images} image(s)")
 
 
+def reverse_hold(input: Mapping[str, Any]) -> int:
+    """The most a reverse call may cost: 10 per character as text, or a frame per word as a storyboard."""
+    prompt = local_tools.extract_prompt(input)
+    return max(10 * len(prompt), FRAME_PRICE * len(prompt.split()))
+
+
+def image_hold(input: Mapping[str, Any]) -> int:
+    """The most a create may cost: the price of every image it asks for (`count`, 1 by default)."""
+    count = input.get("count")
+    return IMAGE_PRICE * (count if isinstance(count, int) and count > 0 else 1)
+
+
 def per_token(ctx: Context, output: Any) -> ChargeDraft:
     """1 microcredit per input token and 3 per output token."""
     usage = ctx.metering.usage
@@ -153,9 +163,8 @@ flat = deepseek.model(
     bill=lambda ctx, output: ChargeDraft(amount_microcredits=FLAT_PRICE, ref=ctx.request_id),
     hold_microcredits=FLAT_PRICE,
 )
-# The storyboard video charges per frame: its hold bounds a call at 50 frames.
 reverse = local_tools.model(
-    "reverse", name="Reverse", description="Reverses the prompt.", hold_microcredits=50 * FRAME_PRICE
+    "reverse", name="Reverse", description="Reverses the prompt.", hold_microcredits=reverse_hold
 )
 image = deepseek_images.model(
     "deepseek-image",
@@ -163,7 +172,7 @@ image = deepseek_images.model(
     description="Async image generation.",
     default="image",
     bill=per_image,
-    hold_microcredits=MAX_IMAGES * IMAGE_PRICE,
+    hold_microcredits=image_hold,
 )
 
 ai = AIService().use(chat).use(vision).use(flat).use(reverse).use(image)

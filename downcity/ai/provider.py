@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from downcity.ai.hooks import HookHost, Hooks
+from downcity.errors import DowncityHTTPError
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ _TEXT_PART_TYPES = frozenset({"text", "input_text"})
 PATHWAYS: tuple[str, ...] = ("text", "stream", "image", "openai", "video")
 
 BillFn = Callable[["Context", Any], ChargeDraft | dict[str, Any] | None]
+# The hold of one call from its request body, for models whose cost grows with the request (a price per image, say).
+HoldFn = Callable[[Mapping[str, Any]], int]
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class ModelConfig(HookHost):
     default: tuple[str, ...] = ()
     fallback: tuple[FallbackRule, ...] = ()
     bill: BillFn | None = None
-    hold_microcredits: int | None = None
+    hold_microcredits: int | HoldFn | None = None
     upstream_model: str = ""
     media: tuple[str, ...] = ()
     hooks: Hooks = field(default_factory=Hooks)
@@ -98,8 +101,12 @@ class ModelConfig(HookHost):
         if missing:
             raise ValueError(f"model '{self.id}' cannot be the default for {missing}: it serves {list(self.pathways)}")
         hold = self.hold_microcredits
-        if hold is not None and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0):
-            raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer")
+        if (
+            hold is not None
+            and not callable(hold)
+            and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0)
+        ):
+            raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer or a function")
         if (self.bill is not None or self.provider.has_bill) and not hold:
             raise ValueError(
                 f"model '{self.id}' is billable but declares no hold_microcredits: set the most one call may cost, "
@@ -108,8 +115,18 @@ class ModelConfig(HookHost):
 
     @property
     def billable(self) -> bool:
-        """Whether calls are admitted inside a hold and may be charged: the model declares a positive hold."""
-        return bool(self.hold_microcredits)
+        """Whether calls are admitted inside a hold and may be charged: the model declares a hold."""
+        return callable(self.hold_microcredits) or bool(self.hold_microcredits)
+
+    def hold_for(self, input: Mapping[str, Any]) -> int:
+        """The most a call with this request body may cost: the declared hold, or the hold function's answer."""
+        hold = self.hold_microcredits
+        amount = hold(input) if callable(hold) else hold or 0
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise DowncityHTTPError(
+                502, "provider_error", f"model '{self.id}': its hold function must return a non-negative integer"
+            )
+        return amount
 
     @property
     def pathways(self) -> tuple[str, ...]:
@@ -209,7 +226,7 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         default: Sequence[str] | str = (),
         fallback: Sequence[FallbackRule | Mapping[str, Any]] = (),
         bill: BillFn | None = None,
-        hold_microcredits: int | None = None,
+        hold_microcredits: int | HoldFn | None = None,
         upstream_model: str | None = None,
         media: Sequence[str] | str = (),
         hooks: Hooks | None = None,

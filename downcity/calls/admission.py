@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from downcity.ai.provider import ModelConfig
 from downcity.ledger.types import LedgerPort
 
 
-async def admit(ledger: LedgerPort, key: str, user_id: str, model: ModelConfig) -> bool:
+async def admit(ledger: LedgerPort, key: str, user_id: str, model: ModelConfig, input: Mapping[str, Any]) -> bool:
     """Reserve a billable model's hold under `key` (402 when the available balance is short); True when held.
 
     Every billable model has a hold (`ModelConfig` refuses one without), so nothing billable runs unheld.
     """
     if not model.billable:
         return False
-    await ledger.reserve(key, user_id, model.hold_microcredits or 0)
+    await ledger.reserve(key, user_id, model.hold_for(input))
     return True

@@ -272,7 +272,7 @@ async def begin_call(
     )
     try:
         await run_before(ctx, call.chain)
-        call.reserved = await admit(runtime.ledger, call.key, call.account, model)
+        call.reserved = await admit(runtime.ledger, call.key, call.account, model, ctx.input)
         if call.reserved:
             runtime.renewer.track(call, call.key, call.account)
     except DowncityHTTPError as error:

@@ -112,7 +112,7 @@ async def _create(
     await run_before(ctx, federation.hook_chain(model))
     hold_key = image_hold_key(job_id)
     account = federation.accounts.account_id(city.city_id, user.user_id)
-    held = await admit(ledger, hold_key, account, model)
+    held = await admit(ledger, hold_key, account, model, ctx.input)
     request = ActionRequest(
         request_id=job_id,
         pathway="image",

@@ -92,7 +92,7 @@ async def test_an_issued_token_calls_and_revoking_the_user_refuses_it(
 ) -> None:
     city_id, user_id = unique("cli"), unique("u")
     await run("city", "create", "Token app", "--id", city_id, env=federation_env)
-    credited = await run("balance", "credit", user_id, "1000", env=federation_env)
+    credited = await run("balance", "credit", user_id, "1000", "--city", city_id, env=federation_env)
     token = await run(
         "token",
         "apply",
@@ -140,16 +140,21 @@ async def test_env_set_from_stdin_list_and_remove_never_print_the_value(federati
 
 async def test_balance_credit_replays_by_key_and_get_and_history_show_it(federation_env: dict[str, str]) -> None:
     user_id = unique("u")
+    account = ("--city", "cli-web")
     first = (
-        await run("balance", "credit", user_id, "1500", "--idempotency-key", "k1", "--json", env=federation_env)
+        await run(
+            "balance", "credit", user_id, "1500", *account, "--idempotency-key", "k1", "--json", env=federation_env
+        )
     ).json()
     replay = (
-        await run("balance", "credit", user_id, "1500", "--idempotency-key", "k1", "--json", env=federation_env)
+        await run(
+            "balance", "credit", user_id, "1500", *account, "--idempotency-key", "k1", "--json", env=federation_env
+        )
     ).json()
-    balance = await run("balance", "get", user_id, env=federation_env)
-    history = (await run("balance", "history", user_id, "--json", env=federation_env)).json()
+    balance = await run("balance", "get", user_id, *account, env=federation_env)
+    history = (await run("balance", "history", user_id, *account, "--json", env=federation_env)).json()
     assert replay["id"] == first["id"]
-    assert balance.stdout == f"user_id: {user_id}\nbalance: 1500\nheld: 0\navailable: 1500\n"
+    assert balance.stdout == f"account_id: cli-web/{user_id}\nbalance: 1500\nheld: 0\navailable: 1500\n"
     assert [(e["kind"], e["amount_microcredits"], e["balance_after_microcredits"]) for e in history] == [
         ("credit", 1500, 1500)
     ]

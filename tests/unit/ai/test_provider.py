@@ -292,3 +292,23 @@ def test_federation_model_unknown_id_is_422() -> None:
     with pytest.raises(DowncityHTTPError) as caught:
         Federation().model("ghost")
     assert (caught.value.status, caught.value.type, caught.value.field) == (422, "unknown_model", "model")
+
+
+def test_a_hold_function_sizes_the_hold_from_the_request() -> None:
+    model = FullImage("img").model("pic", bill=lambda ctx, output: None, hold_microcredits=lambda body: 7 * body["n"])
+
+    assert (model.billable, model.hold_for({"n": 3})) == (True, 21)
+
+
+def test_a_hold_function_that_returns_no_integer_is_a_502() -> None:
+    model = FullImage("img").model("pic", hold_microcredits=lambda body: 1.5)
+
+    with pytest.raises(DowncityHTTPError) as caught:
+        model.hold_for({})
+    assert (caught.value.status, caught.value.type) == (502, "provider_error")
+
+
+def test_a_model_without_a_hold_is_not_billable() -> None:
+    model = FullImage("img").model("pic")
+
+    assert (model.billable, model.hold_for({})) == (False, 0)

@@ -15,7 +15,7 @@ from downcity.http.app import create_app
 from downcity.local import open_local_runtime
 from downcity.settings import Settings
 from downcity.types import FilePart
-from examples.federation import DeepSeekImages, per_image
+from examples.federation import DeepSeekImages, image_hold, per_image
 
 ADMIN_KEY = "test-admin"
 BASE_URL = "http://downcity.test"
@@ -24,7 +24,9 @@ CREDIT = 1_000_000
 
 def _image_federation(upstream_url: str) -> Federation:
     provider = DeepSeekImages("images", env=["IMAGES_API_KEY"], env_key="IMAGES_API_KEY", base_url=upstream_url)
-    image = provider.model("demo-image", name="Demo Image", default="image", bill=per_image, hold_microcredits=160_000)
+    image = provider.model(
+        "demo-image", name="Demo Image", default="image", bill=per_image, hold_microcredits=image_hold
+    )
     return Federation(name="images").use(AIService().use(image))
 
 
