@@ -106,7 +106,14 @@ class JobRecord:
         return {key: getattr(self, key) for key in _CONTEXT_KEYS}
 
     def to_public(self, default_poll_ms: int) -> dict[str, Any]:
-        """`{job_id, status, result?, error?, message?, poll_after_ms?}` as the owner sees it."""
+        """`{job_id, status, result?, error?, message?, poll_after_ms?}` as the owner sees it.
+
+        A terminal job reads as `running` until its charge (or release) is written: a result is never visible
+        before its charge is durable.
+        """
+        if self.terminal and not self.finalized:
+            poll_after = self.poll_after_ms if self.poll_after_ms is not None else default_poll_ms
+            return {"job_id": self.job_id, "status": "running", "poll_after_ms": poll_after}
         body: dict[str, Any] = {"job_id": self.job_id, "status": self.status}
         for key in ("result", "error", "message"):
             value = getattr(self, key)
