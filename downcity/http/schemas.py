@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from downcity.errors import invalid
 
+# The most images one `/v1/ai/image/create` may ask for; per-image prices hold this many.
+MAX_IMAGE_COUNT = 8
+
 
 class TextRequest(BaseModel):
     """Body of `/v1/ai/text` and `/v1/ai/stream`."""
@@ -50,7 +53,7 @@ class ImageCreateRequest(BaseModel):
     ratio: str | None = None
     size: str | None = None
     quality: str | None = None
-    count: int | None = Field(default=None, ge=1, le=8)
+    count: int | None = Field(default=None, ge=1, le=MAX_IMAGE_COUNT)
 
 
 class ImageResultRequest(BaseModel):
