@@ -35,6 +35,9 @@ class AppArgs(BaseModel):
     control_resources: dict[str, float] = Field(
         default_factory=lambda: dict(HEAD_PINNED), description="Ray resources the Ledger and JobManager request"
     )
+    ready_requires_env: list[str] = Field(
+        default_factory=list, description="provider keys every replica must read before /ready answers 200"
+    )
 
     @field_validator("provider_resources", "control_resources")
     @classmethod
@@ -48,6 +51,7 @@ class AppArgs(BaseModel):
             "database_url": self.database_url or Settings.from_env().database_url,
             "ledger_shards": self.ledger_shards,
             "max_body_bytes": self.max_body_bytes,
+            "ready_requires_env": list(self.ready_requires_env),
         }
 
 

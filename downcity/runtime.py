@@ -22,6 +22,7 @@ from downcity.env import EnvCache, EnvStore
 from downcity.gateway.ports import ProviderGateway
 from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
+from downcity.readiness import Readiness, required_env_check
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
 from downcity.store import Database
@@ -77,6 +78,7 @@ class Runtime:
     ledger: LedgerPort
     jobs: JobsPort | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
+    readiness: Readiness = field(default_factory=Readiness)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @classmethod
@@ -123,6 +125,8 @@ class Runtime:
             jobs=jobs,
             metrics=metrics or NoMetrics(),
         )
+        if settings.ready_requires_env:
+            runtime.readiness.add("required_env", required_env_check(runtime.env, settings.ready_requires_env))
         await runtime.refresh()
         return runtime
 
