@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from downcity.ai.federation import Federation
+from downcity.ai.federation_file import is_federation_file, load_federation_file
 from downcity.auth import (
     AdminCredential,
     KeyRing,
@@ -31,10 +32,12 @@ logger = logging.getLogger("downcity.runtime")
 
 
 def load_federation(path: str) -> Federation:
-    """Import `module:attribute` and return the Federation it names."""
+    """The Federation a YAML file declares (a path ending .yaml/.yml), or that `module:attribute` names."""
+    if is_federation_file(path):
+        return load_federation_file(path)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"federation path {path!r} must look like 'package.module:federation'")
+        raise ValueError(f"federation {path!r} must look like 'package.module:federation' or be a .yaml file")
     value = getattr(importlib.import_module(module_name), attribute)
     if callable(value) and not isinstance(value, Federation):
         value = value()

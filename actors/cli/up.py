@@ -111,13 +111,13 @@ def _refuse_if_running(data_dir: Path) -> None:
 
 
 def _target(federation: str, config: Path | None, demo: bool) -> str:
-    """The federation to deploy: a YAML file's absolute path (replicas may run elsewhere), or an import path."""
+    """The federation to deploy: the YAML file of --config, else the import path of --federation."""
     if config is None:
         return federation
     if demo:
         errors.print("--config and --demo cannot be combined: --demo serves its own federation")
         raise typer.Exit(2)
-    return str(config.resolve())
+    return str(config)
 
 
 def _deploy(args: Mapping[str, object], host: str, port: int) -> None:
