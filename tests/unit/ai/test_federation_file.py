@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from downcity.ai.federation_file import FederationFileError, load_federation_file
 from downcity.ai.federation_spec import FlatPrice, MediaMatch, TokenPrice
@@ -130,3 +132,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_invalid_yaml_is_refused_on_the_line_of_the_problem(tmp_path: Path) -> None:
     text = VALID.replace("    default: [text, stream, openai]", "    default: [text, stream, openai")
     assert refusal(tmp_path, text) == "federation.yaml:13: invalid YAML: expected ',' or ']', but got ':'"
+
+
+def test_the_readme_shows_the_shipped_example() -> None:
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
