@@ -226,12 +226,42 @@ class Page:
         raise AssertionError(f"{block.where}: downcity up did not come up")
 
     def stop(self) -> None:
-        if self.up is not None and self.up.poll() is None:
+        if self.up is None:
+            return
+        if self.up.poll() is None:
             self.up.terminate()
             self.up.wait(60)
+        # An unclosed pipe is an unraisable ResourceWarning when the Popen is collected.
+        assert self.up.stdout is not None
+        self.up.stdout.close()
+
+
+PROBE_FIELDS = {"httpGet", "periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold"}
+
+
+def validate_probes(block: Block, config: dict[str, Any]) -> None:
+    """Kubernetes probes: known fields only, each on a route the app serves."""
+    from downcity.http.routes.public import router
+
+    routes = {getattr(route, "path", "") for route in router.routes}
+    for name, probe in config.items():
+        assert name in ("readinessProbe", "livenessProbe", "startupProbe"), f"{block.where}: {name}?"
+        assert set(probe) <= PROBE_FIELDS, f"{block.where}: {name} has {sorted(set(probe) - PROBE_FIELDS)}"
+        assert probe["httpGet"]["path"] in routes, f"{block.where}: {name} probes a route the app does not serve"
 
 
 def validate_yaml(block: Block, config: dict[str, Any]) -> None:
+    if "readinessProbe" in config:
+        validate_probes(block, config)
+        return
+    if "providers" in config and "models" in config:
+        from downcity.ai.federation_file import load_federation_file
+
+        with tempfile.TemporaryDirectory() as folder:
+            file = Path(folder) / "federation.yaml"
+            file.write_text(block.code)
+            load_federation_file(file)
+        return
     if "available_node_types" in config:
         from ray.autoscaler._private.util import validate_config
 
