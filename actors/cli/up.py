@@ -19,6 +19,7 @@ from rich.console import Console
 
 from actors.cli.banner import DEMO_CITY, DEMO_USER, DemoSeed, Serving, banner
 from actors.cli.lifecycle import RunFile, is_alive
+from downcity.ai.federation_file import FederationFileError, load_federation_file
 from downcity.auth import KeyRing, TokenIssuer
 from downcity.cities import CityStore
 from downcity.demo.federation import DEMO_KEY_ENV, DEMO_UPSTREAM_ENV
@@ -111,12 +112,17 @@ def _refuse_if_running(data_dir: Path) -> None:
 
 
 def _target(federation: str, config: Path | None, demo: bool) -> str:
-    """The federation to deploy: the YAML file of --config, else the import path of --federation."""
+    """The federation to deploy: the YAML file of --config (checked before Ray starts), else --federation."""
     if config is None:
         return federation
     if demo:
         errors.print("--config and --demo cannot be combined: --demo serves its own federation")
         raise typer.Exit(2)
+    try:
+        load_federation_file(config)
+    except FederationFileError as refused:
+        errors.print(str(refused), markup=False)
+        raise typer.Exit(2) from None
     return str(config)
 
 

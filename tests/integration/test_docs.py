@@ -52,6 +52,7 @@ PROVIDER_KEY = "sk-docs-example-key-0001"
 BLOCK = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.M | re.S)
 RUNNABLE = {"python", "bash", "yaml", "json"}
 START_DEADLINE_S = 120
+UP_PAGE_TIMEOUT_S = 300
 CHECKED_ELSEWHERE = {
     "operators/scale-out.md": ROOT / "tests" / "unit" / "test_cluster_yaml.py",
     "operators/metrics.md": ROOT / "tests" / "unit" / "test_metrics_docs.py",
@@ -336,6 +337,8 @@ def test_pages_checked_elsewhere_are_named_by_their_tests(page: str, test_file: 
     assert Path(page).name in test_file.read_text()
 
 
+# A page that runs `downcity up` starts a Ray cluster of its own, which on a loaded machine takes minutes.
+@pytest.mark.timeout(UP_PAGE_TIMEOUT_S)
 @pytest.mark.parametrize("path", with_blocks(on_ray=False), ids=lambda p: str(p.relative_to(DOCS)))
 def test_page(path: Path, local_federation: str, tmp_path: Path) -> None:
     run_page(Page(local_federation, page_env(local_federation, tmp_path), tmp_path), path)
