@@ -11,7 +11,7 @@ from typing import Any
 from downcity.ai.context import Context
 from downcity.ai.federation import Federation
 from downcity.ai.messages import build_image_message, trim_trailing_slash
-from downcity.ai.openai_client import OpenAICompatibleClient
+from downcity.ai.openai_compatible import OpenAICompatibleProvider
 from downcity.ai.provider import Provider
 from downcity.ai.service import AIService
 from downcity.errors import DowncityHTTPError
@@ -22,14 +22,6 @@ DEMO_UPSTREAM_ENV = "DOWNCITY_DEMO_UPSTREAM_URL"
 DEMO_KEY_ENV = "DEMO_API_KEY"
 DEFAULT_DEMO_UPSTREAM = "http://127.0.0.1:9000/v1"
 IMAGE_PRICE = 20_000
-
-
-class DemoProvider(Provider):
-    """An OpenAI-compatible provider pointed at the demo upstream."""
-
-    def create_client(self, api_key: str, base_url: str) -> OpenAICompatibleClient:
-        """A client for the demo upstream's chat/completions."""
-        return OpenAICompatibleClient(api_key=api_key, base_url=base_url)
 
 
 class DemoImages(Provider):
@@ -78,7 +70,7 @@ def image_price(ctx: Context, output: UIMessage) -> ChargeDraft:
 def build_demo_federation() -> Federation:
     """The demo catalog: a default chat model, a vision model it falls back to for images, an image model."""
     base_url = os.environ.get(DEMO_UPSTREAM_ENV, DEFAULT_DEMO_UPSTREAM)
-    provider = DemoProvider("demo", env=[DEMO_KEY_ENV], env_key=DEMO_KEY_ENV, base_url=base_url)
+    provider = OpenAICompatibleProvider("demo", env=[DEMO_KEY_ENV], env_key=DEMO_KEY_ENV, base_url=base_url)
     # No env_key: it would give the image provider an auto-passthrough /chat/completions it has no use for.
     images = DemoImages("demo-images", env=[DEMO_KEY_ENV], base_url=base_url)
     vision = provider.model(
