@@ -54,7 +54,7 @@ RUNNABLE = {"python", "bash", "yaml", "json"}
 START_DEADLINE_S = 120
 UP_PAGE_TIMEOUT_S = 300
 CHECKED_ELSEWHERE = {
-    "operators/scale-out.md": ROOT / "tests" / "unit" / "test_cluster_yaml.py",
+    "operators/scale-out.md": ROOT / "tests" / "unit" / "actors" / "test_cluster_yaml.py",
     "operators/metrics.md": ROOT / "tests" / "unit" / "test_metrics_docs.py",
 }
 
