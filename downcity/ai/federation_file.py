@@ -12,9 +12,10 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from downcity.ai.federation import Federation
-from downcity.ai.federation_spec import Builder, FederationSpec, Issue, Loc, check
+from downcity.ai.federation_spec import PATTERN_MEANINGS, Builder, FederationSpec, Issue, Loc, check
 
 FILE_SUFFIXES = (".yaml", ".yml")
 
@@ -89,6 +90,12 @@ def _parse(path: Path) -> tuple[yaml.Node, object]:
     return root, data
 
 
+def _message(error: ErrorDetails) -> str:
+    if error["type"] == "string_pattern_mismatch":
+        return PATTERN_MEANINGS.get(str(error.get("ctx", {}).get("pattern")), error["msg"])
+    return error["msg"]
+
+
 def _problems(root: yaml.Node, issues: list[Issue]) -> list[Problem]:
     return [Problem(line_of(root, issue.loc), field_name(issue.loc), issue.message) for issue in issues]
 
@@ -100,7 +107,7 @@ def load_federation_file(path: str | Path) -> Federation:
     try:
         spec = FederationSpec.model_validate(data)
     except ValidationError as error:
-        issues = [Issue(tuple(e["loc"]), e["msg"]) for e in error.errors(include_url=False)]
+        issues = [Issue(tuple(e["loc"]), _message(e)) for e in error.errors(include_url=False)]
         raise FederationFileError(file, _problems(root, issues)) from None
     issues = check(spec)
     if issues:

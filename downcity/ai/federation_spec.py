@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -25,7 +25,18 @@ Loc = tuple[str | int, ...]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 IMPORT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+URL_PATTERN = r"^https?://\S+$"
+MEDIA_PATTERN = r"^[\w.+-]+/([\w.+-]+|\*)$|^\*$"
+PATTERN_MEANINGS = {
+    ID_PATTERN: "should be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    ENV_PATTERN: "should be an environment variable name such as OPENAI_API_KEY",
+    IMPORT_PATTERN: "should be an import path 'package.module:function'",
+    URL_PATTERN: "should be an http:// or https:// URL",
+    MEDIA_PATTERN: "should be a media type or pattern such as image/png or image/*",
+}
+"""What each pattern means, for error messages (a regular expression helps no one fix a file)."""
 Microcredits = StrictInt
+ImportPath = Annotated[str, Field(pattern=IMPORT_PATTERN, description='"package.module:function"')]
 
 
 class _Spec(BaseModel):
@@ -35,9 +46,9 @@ class _Spec(BaseModel):
 class HooksSpec(_Spec):
     """Python hooks by import path, run as the Python API's hooks are."""
 
-    before: list[str] = Field(default_factory=list)
-    after: list[str] = Field(default_factory=list)
-    on_error: list[str] = Field(default_factory=list)
+    before: list[ImportPath] = Field(default_factory=list)
+    after: list[ImportPath] = Field(default_factory=list)
+    on_error: list[ImportPath] = Field(default_factory=list)
 
     def paths(self) -> list[tuple[str, int, str]]:
         """(kind, index, import path) of every hook."""
@@ -49,7 +60,7 @@ class ProviderSpec(_Spec):
     """One OpenAI-compatible upstream."""
 
     id: str = Field(pattern=ID_PATTERN)
-    base_url: str = Field(pattern=r"^https?://\S+$")
+    base_url: str = Field(pattern=URL_PATTERN)
     env_key: str = Field(pattern=ENV_PATTERN, description="the variable holding the upstream API key")
     passthrough_model: str | None = Field(default=None, min_length=1)
     timeout_s: float = Field(default=60.0, gt=0)
@@ -66,7 +77,7 @@ class PriceSpec(_Spec):
 class FallbackSpec(_Spec):
     """When a request carries a file of this media pattern the model cannot take, run `model` instead."""
 
-    media: str = Field(pattern=r"^[\w.+-]+/([\w.+-]+|\*)$|^\*$")
+    media: str = Field(pattern=MEDIA_PATTERN)
     model: str
 
 
@@ -82,7 +93,7 @@ class ModelSpec(_Spec):
     media: list[str] = Field(default_factory=list)
     fallback: list[FallbackSpec] = Field(default_factory=list)
     price: PriceSpec | None = None
-    bill: str | None = Field(default=None, pattern=IMPORT_PATTERN)
+    bill: ImportPath | None = None
     hold_microcredits: Microcredits | None = Field(default=None, ge=0)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
 

@@ -124,9 +124,16 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "base_url: http://127.0.0.1:9/v1", "base_url: 127.0.0.1:9/v1"
     )
     assert refusal(tmp_path, text).splitlines() == [
-        "federation.yaml:6: providers[0].base_url: String should match pattern '^https?://\\S+$'",
+        "federation.yaml:6: providers[0].base_url: should be an http:// or https:// URL",
         "federation.yaml:12: models[0].default[1]: Input should be 'text', 'stream' or 'openai'",
     ]
+
+
+def test_a_hook_that_is_not_an_import_path_is_refused_saying_what_one_looks_like(tmp_path: Path) -> None:
+    text = VALID.replace("before: [tests.unit.ai.yaml_hooks:deny_banned]", "before: [deny_banned]")
+    assert refusal(tmp_path, text) == (
+        "federation.yaml:3: hooks.before[0]: should be an import path 'package.module:function'"
+    )
 
 
 def test_invalid_yaml_is_refused_on_the_line_of_the_problem(tmp_path: Path) -> None:
