@@ -98,7 +98,7 @@ def _image_script(url: str, token: str) -> str:
         f"api = httpx.Client(base_url='{url}/v1/ai', headers={{'Authorization': 'Bearer {token}'}})",
         "job = api.post('/image/create', json={'prompt': 'a lighthouse at dusk', 'count': 2}).json()",
         "while job['status'] in ('queued', 'running'):",
-        "    time.sleep(job.get('poll_after_ms', 1000) / 1000)",
+        "    time.sleep((job.get('poll_after_ms') or 1000) / 1000)",
         "    job = api.post('/image/result', json={'job_id': job['job_id']}).json()",
         "print(job['status'], [part['mediaType'] for part in job['result']['parts']])",
         "EOF",
