@@ -13,6 +13,7 @@ from ray.serve.deployment import Deployment
 from actors.ingress import Ingress
 from actors.placement import HEAD_PINNED, actor_options, check_resources
 from actors.providers import ProviderDeployment
+from downcity.ai.federation_file import is_federation_file
 from downcity.runtime import bootstrap, load_federation
 from downcity.settings import Settings
 
@@ -24,7 +25,9 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    federation: str = Field(description="import path of the operator's Federation, 'pkg.module:attr'")
+    federation: str = Field(
+        description="the operator's Federation: an import path 'pkg.module:attr', or a federation YAML file"
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy async URL; default embedded SQLite")
     data_dir: str = Field(default=".downcity", description="embedded data dir (SQLite file, master key)")
     ledger_shards: int = Field(default=1, ge=1, le=64)
@@ -35,11 +38,20 @@ class AppArgs(BaseModel):
     control_resources: dict[str, float] = Field(
         default_factory=lambda: dict(HEAD_PINNED), description="Ray resources the Ledger and JobManager request"
     )
+    ready_requires_env: list[str] = Field(
+        default_factory=list, description="provider keys every replica must read before /ready answers 200"
+    )
 
     @field_validator("provider_resources", "control_resources")
     @classmethod
     def _positive_shares(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
         return check_resources(value, info.field_name or "resources")
+
+    @field_validator("federation")
+    @classmethod
+    def _absolute_file(cls, value: str) -> str:
+        # Replicas and actors load the file again, from working directories of their own.
+        return str(Path(value).resolve()) if is_federation_file(value) else value
 
     def settings(self) -> dict[str, Any]:
         """Plain settings for deployments; secrets stay in each process's environment, never in args."""
@@ -48,6 +60,7 @@ class AppArgs(BaseModel):
             "database_url": self.database_url or Settings.from_env().database_url,
             "ledger_shards": self.ledger_shards,
             "max_body_bytes": self.max_body_bytes,
+            "ready_requires_env": list(self.ready_requires_env),
         }
 
 

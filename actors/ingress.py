@@ -6,13 +6,15 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
 from actors.gateway import RayGateway
-from actors.jobs import JobManagerClient, get_job_manager
-from actors.ledger import get_ledger
+from actors.jobs import JobManagerActor, JobManagerClient, get_job_manager
+from actors.ledger import LedgerClient, get_ledger
 from actors.metrics import ray_metrics
 from downcity.http.app import create_app
+from downcity.readiness import NotReady, Readiness, ReadinessCheck
 from downcity.runtime import Runtime, load_federation
 from downcity.settings import Settings
 
@@ -44,6 +46,35 @@ class Ingress:
             jobs=JobManagerClient(manager),
             metrics=ray_metrics(),
         )
+        add_ray_checks(self._runtime.readiness, providers, ledger, manager, resolved.ready_requires_env)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._runtime)
+
+
+def add_ray_checks(
+    readiness: Readiness,
+    providers: dict[str, DeploymentHandle[Any]],
+    ledger: LedgerClient,
+    manager: ActorHandle[JobManagerActor],
+    required_env: tuple[str, ...],
+) -> None:
+    """Ready means: a replica of every provider deployment answers (holding `required_env`), the Ledger
+    shards run and the JobManager has recovered its jobs."""
+    for provider_id, handle in providers.items():
+        readiness.add(f"provider-{provider_id}", _provider_check(handle, required_env))
+
+    async def manager_ready() -> None:
+        await manager.ready.remote()
+
+    readiness.add("ledger", ledger.ping)
+    readiness.add("job_manager", manager_ready)
+
+
+def _provider_check(handle: DeploymentHandle[Any], required_env: tuple[str, ...]) -> ReadinessCheck:
+    async def check() -> None:
+        missing: list[str] = await handle.missing_env.remote(list(required_env))
+        if missing:
+            raise NotReady(f"{', '.join(missing)} not set")
+
+    return check

@@ -97,6 +97,10 @@ class JobManagerActor:
     async def _ready(self) -> JobManager:
         return await asyncio.shield(self._starting)
 
+    async def ready(self) -> None:
+        """Return once the JobManager has started and recovered every unfinished job."""
+        await self._ready()
+
     async def notify(self, job_id: str, provider_id: str, due_ms: int) -> None:
         """Schedule a job stored elsewhere (the ingress)."""
         await (await self._ready()).notify(job_id, provider_id, due_ms)

@@ -248,6 +248,11 @@ class LedgerClient(ShardedLedger):
     def __init__(self, shards: list[_ActorShard]) -> None:
         super().__init__(shards)
         self.handles = [shard.handle for shard in shards]
+        self._actor_shards = shards
+
+    async def ping(self) -> None:
+        """Return once every shard's actor runs its Ledger (so its database answered)."""
+        await asyncio.gather(*(shard.handle.ping.remote() for shard in self._actor_shards))
 
 
 def _connector(

@@ -10,6 +10,7 @@ from ray import serve
 from downcity.env import EnvCache, EnvStore
 from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
 from downcity.gateway.runner import ProviderRunner
+from downcity.readiness import missing_env
 from downcity.runtime import load_federation
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
@@ -71,6 +72,10 @@ class ProviderDeployment:
     async def video(self, req: ActionRequest) -> VideoOutcome:
         """The provider's video action."""
         return await self._runner.video(req)
+
+    async def missing_env(self, keys: list[str]) -> list[str]:
+        """Which of `keys` this replica cannot read yet (readiness waits for seeded provider keys)."""
+        return missing_env(self._env, keys)
 
     async def check_health(self) -> None:
         """Serve health check: the env cache must still be refreshing."""

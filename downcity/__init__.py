@@ -2,6 +2,7 @@
 
 from downcity.ai.context import CityInfo, Context, Metering, UserInfo
 from downcity.ai.federation import Federation
+from downcity.ai.federation_file import FederationFileError, load_federation_file
 from downcity.ai.helpers import normalize_openai_compatible_body, read_required_env, resolve_upstream_model
 from downcity.ai.hooks import Hooks
 from downcity.ai.messages import (
@@ -13,6 +14,7 @@ from downcity.ai.messages import (
     trim_trailing_slash,
 )
 from downcity.ai.openai_client import OpenAICompatibleClient
+from downcity.ai.openai_compatible import OpenAICompatibleProvider
 from downcity.ai.provider import FallbackRule, MediaInfo, ModelConfig, Provider
 from downcity.ai.service import AIService
 from downcity.errors import DowncityHTTPError
@@ -38,6 +40,7 @@ __all__ = [
     "DowncityHTTPError",
     "FallbackRule",
     "Federation",
+    "FederationFileError",
     "FilePart",
     "Hooks",
     "ImageJobResult",
@@ -45,6 +48,7 @@ __all__ = [
     "Metering",
     "ModelConfig",
     "OpenAICompatibleClient",
+    "OpenAICompatibleProvider",
     "Provider",
     "ReasoningPart",
     "Settings",
@@ -56,6 +60,7 @@ __all__ = [
     "build_assistant_message",
     "build_image_message",
     "build_tool_set",
+    "load_federation_file",
     "normalize_ai_usage",
     "normalize_openai_compatible_body",
     "read_openai_compatible_sse_usage",

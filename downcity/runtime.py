@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from downcity.ai.federation import Federation
+from downcity.ai.federation_file import is_federation_file, load_federation_file
 from downcity.auth import (
     AdminCredential,
     KeyRing,
@@ -23,6 +24,7 @@ from downcity.gateway.ports import ProviderGateway
 from downcity.ledger.renewer import HoldRenewer
 from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
+from downcity.readiness import Readiness, required_env_check
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
 from downcity.store import Database
@@ -31,10 +33,12 @@ logger = logging.getLogger("downcity.runtime")
 
 
 def load_federation(path: str) -> Federation:
-    """Import `module:attribute` and return the Federation it names."""
+    """The Federation a YAML file declares (a path ending .yaml/.yml), or that `module:attribute` names."""
+    if is_federation_file(path):
+        return load_federation_file(path)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
-        raise ValueError(f"federation path {path!r} must look like 'package.module:federation'")
+        raise ValueError(f"federation {path!r} must look like 'package.module:federation' or be a .yaml file")
     value = getattr(importlib.import_module(module_name), attribute)
     if callable(value) and not isinstance(value, Federation):
         value = value()
@@ -78,6 +82,7 @@ class Runtime:
     ledger: LedgerPort
     jobs: JobsPort | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
+    readiness: Readiness = field(default_factory=Readiness)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     renewer: HoldRenewer = field(init=False)
 
@@ -128,6 +133,8 @@ class Runtime:
             jobs=jobs,
             metrics=metrics or NoMetrics(),
         )
+        if settings.ready_requires_env:
+            runtime.readiness.add("required_env", required_env_check(runtime.env, settings.ready_requires_env))
         await runtime.refresh()
         return runtime
 

@@ -43,6 +43,8 @@ class Settings:
     image_fetch_concurrency: int = DEFAULT_IMAGE_FETCH_CONCURRENCY
     image_lease_ms: int = DEFAULT_IMAGE_LEASE_MS
     ledger_shards: int = 1
+    # Provider keys `/ready` waits for, e.g. the demo key `downcity up --demo` seeds last.
+    ready_requires_env: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -57,6 +59,7 @@ class Settings:
         """Settings from plain deployment args, with the master and admin keys from this process's env."""
         data = dict(values)
         data["data_dir"] = Path(data.get("data_dir", DEFAULT_DATA_DIR))
+        data["ready_requires_env"] = tuple(data.get("ready_requires_env", ()))
         data["master_key"] = os.environ.get("DOWNCITY_MASTER_KEY") or None
         data["admin_key"] = os.environ.get("DOWNCITY_ADMIN_KEY") or None
         return cls(**data)

@@ -95,6 +95,8 @@ class ActionResult(BaseModel):
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"succeeded", "failed"})
+# The most images one `/v1/ai/image/create` may ask for (`count`).
+MAX_IMAGE_COUNT = 8
 
 
 class ImageJobResult(BaseModel):

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from downcity.errors import invalid
+from downcity.types import MAX_IMAGE_COUNT
 
 
 class TextRequest(BaseModel):
@@ -50,7 +51,7 @@ class ImageCreateRequest(BaseModel):
     ratio: str | None = None
     size: str | None = None
     quality: str | None = None
-    count: int | None = Field(default=None, ge=1, le=8)
+    count: int | None = Field(default=None, ge=1, le=MAX_IMAGE_COUNT)
 
 
 class ImageResultRequest(BaseModel):

@@ -282,3 +282,30 @@ async def test_up_status_down(up: Up) -> None:
     assert stopped.stdout == f"stopped downcity up (pid {up.process.pid}, {up.url})\n"
     assert exit_code == 0
     assert after.stdout == f"nothing to stop: no {up.data_dir / 'up.json'}\n"
+
+
+async def test_up_demo_json_prints_one_object_once_ready_and_its_token_works(tmp_path: Path) -> None:
+    port, demo_port = free_port(), free_port()
+    env = {k: v for k, v in clean_env().items() if not k.startswith("RAY_")} | {
+        "DOWNCITY_DATA_DIR": str(tmp_path / "data"),
+        "DOWNCITY_SERVE_PORT_BASE": str(serve_port_base(2)),
+    }
+    command = ["up", "--demo", "--json", "--port", str(port), "--demo-port", str(demo_port)]
+    process = await asyncio.create_subprocess_exec(
+        str(BIN), *command, cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        printed = json.loads(await asyncio.wait_for(process.stdout.readline(), UP_DEADLINE_S))
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            ready = await client.get("/ready")
+            headers = {"Authorization": f"Bearer {printed['user_token']}"}
+            balance = await client.get("/v1/balance/me", headers=headers)
+        assert sorted(printed) == ["admin_key", "city_id", "url", "user_id", "user_token"]
+        assert (printed["url"], printed["city_id"], printed["user_id"]) == (url, "demo", "demo-user")
+        assert printed["admin_key"].startswith("dc_admin_")
+        assert (ready.status_code, balance.status_code, balance.json()["balance"]) == (200, 200, 10_000_000)
+    finally:
+        process.terminate()
+        await process.wait()

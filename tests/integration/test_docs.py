@@ -52,6 +52,7 @@ PROVIDER_KEY = "sk-docs-example-key-0001"
 BLOCK = re.compile(r"^```([\w-]*)\n(.*?)^```\s*$", re.M | re.S)
 RUNNABLE = {"python", "bash", "yaml", "json"}
 START_DEADLINE_S = 120
+UP_PAGE_TIMEOUT_S = 300
 CHECKED_ELSEWHERE = {
     "operators/scale-out.md": ROOT / "tests" / "unit" / "actors" / "test_cluster_yaml.py",
     "operators/metrics.md": ROOT / "tests" / "unit" / "test_metrics_docs.py",
@@ -231,11 +232,37 @@ class Page:
         if self.up.poll() is None:
             self.up.terminate()
             self.up.wait(60)
+        # An unclosed pipe is an unraisable ResourceWarning when the Popen is collected.
         assert self.up.stdout is not None
         self.up.stdout.close()
 
 
+PROBE_FIELDS = {"httpGet", "periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold"}
+
+
+def validate_probes(block: Block, config: dict[str, Any]) -> None:
+    """Kubernetes probes: known fields only, each on a route the app serves."""
+    from downcity.http.routes.public import router
+
+    routes = {getattr(route, "path", "") for route in router.routes}
+    for name, probe in config.items():
+        assert name in ("readinessProbe", "livenessProbe", "startupProbe"), f"{block.where}: {name}?"
+        assert set(probe) <= PROBE_FIELDS, f"{block.where}: {name} has {sorted(set(probe) - PROBE_FIELDS)}"
+        assert probe["httpGet"]["path"] in routes, f"{block.where}: {name} probes a route the app does not serve"
+
+
 def validate_yaml(block: Block, config: dict[str, Any]) -> None:
+    if "readinessProbe" in config:
+        validate_probes(block, config)
+        return
+    if "providers" in config and "models" in config:
+        from downcity.ai.federation_file import load_federation_file
+
+        with tempfile.TemporaryDirectory() as folder:
+            file = Path(folder) / "federation.yaml"
+            file.write_text(block.code)
+            load_federation_file(file)
+        return
     if "available_node_types" in config:
         from ray.autoscaler._private.util import validate_config
 
@@ -310,6 +337,8 @@ def test_pages_checked_elsewhere_are_named_by_their_tests(page: str, test_file: 
     assert Path(page).name in test_file.read_text()
 
 
+# A page that runs `downcity up` starts a Ray cluster of its own, which on a loaded machine takes minutes.
+@pytest.mark.timeout(UP_PAGE_TIMEOUT_S)
 @pytest.mark.parametrize("path", with_blocks(on_ray=False), ids=lambda p: str(p.relative_to(DOCS)))
 def test_page(path: Path, local_federation: str, tmp_path: Path) -> None:
     run_page(Page(local_federation, page_env(local_federation, tmp_path), tmp_path), path)

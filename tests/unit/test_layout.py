@@ -128,3 +128,45 @@ def test_the_graph_reads_imports_of_the_real_tree() -> None:
     graph = _graph()
     assert "downcity.ai.context" in graph["downcity.ai.provider"]
     assert "downcity.auth.caller" in graph["downcity.calls.call"]
+
+
+# Each top-level module or package of the library, by layer: a module imports only from lower layers (or its own
+# package). README.md's Layout section names the same order.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("store", "settings", "types", "errors", "metrics", "accounts"),
+    ("secrets", "cities", "ai", "client", "ledger"),
+    ("auth", "env", "gateway", "demo"),
+    ("readiness", "cli"),
+    ("runtime",),
+    ("calls",),
+    ("jobs",),
+    ("local", "http"),
+)
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return "actors" if parts[0] == "actors" else parts[1] if len(parts) > 1 else "downcity"
+
+
+def _rank(room: str) -> int:
+    if room == "actors":
+        return len(LAYERS) + 1
+    if room == "downcity":
+        return len(LAYERS)
+    return next(rank for rank, rooms in enumerate(LAYERS) if room in rooms)
+
+
+def test_every_library_room_has_a_layer() -> None:
+    rooms = {_room(module) for module in _modules()} - {"actors", "downcity"}
+    assert rooms == {room for layer in LAYERS for room in layer}
+
+
+def test_imports_only_run_down_the_layers() -> None:
+    upward = sorted(
+        (module, target)
+        for module, targets in _graph().items()
+        for target in targets
+        if _room(module) != _room(target) and _rank(_room(target)) >= _rank(_room(module))
+    )
+    assert upward == []

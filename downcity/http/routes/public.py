@@ -1,12 +1,14 @@
-"""Unauthenticated routes: health and the token verification keys."""
+"""Unauthenticated routes: liveness, readiness and the token verification keys."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from downcity.http.deps import RuntimeDep
+from downcity.readiness import report_body
 
 router = APIRouter()
 
@@ -15,6 +17,13 @@ router = APIRouter()
 async def health(runtime: RuntimeDep) -> dict[str, Any]:
     """Liveness plus what this replica serves."""
     return {"status": "ok", "federation": runtime.federation.name, "models": len(runtime.federation.models)}
+
+
+@router.get("/ready")
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    """200 once every part of the system can serve (deployments, Ledger, JobManager, seeded keys), else 503."""
+    report = await runtime.readiness.report()
+    return JSONResponse(report_body(report), status_code=200 if report.ready else 503)
 
 
 @router.get("/.well-known/jwks.json")

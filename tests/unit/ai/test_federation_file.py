@@ -1,0 +1,146 @@
+"""Federation YAML files: the shipped example loads, and bad files are refused naming file, line and field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from downcity.ai.federation_file import FederationFileError, load_federation_file
+from downcity.ai.federation_spec import FlatPrice, MediaMatch, TokenPrice
+from downcity.ai.provider import MediaInfo
+from downcity.runtime import load_federation
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "examples" / "federation.yaml"
+
+VALID = """\
+name: yaml-test
+hooks:
+  before: [tests.unit.ai.yaml_hooks:deny_banned]
+providers:
+  - id: up
+    base_url: http://127.0.0.1:9/v1
+    env_key: UP_API_KEY
+    passthrough_model: upstream-chat
+models:
+  - id: chat
+    provider: up
+    default: [text, stream, openai]
+    fallback:
+      - {media: image/*, model: eyes}
+    price: {per_call: 700}
+    hold_microcredits: 700
+    hooks:
+      after: [tests.unit.ai.yaml_hooks:deny_banned]
+  - id: eyes
+    provider: up
+    media: [image/*]
+    bill: tests.unit.ai.yaml_hooks:half_price
+    hold_microcredits: 1000
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "federation.yaml"
+    path.write_text(text)
+    return path
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(FederationFileError) as refused:
+        load_federation_file(path)
+    return str(refused.value).replace(str(path), "federation.yaml")
+
+
+def test_the_shipped_example_declares_an_openai_upstream_with_a_vision_fallback() -> None:
+    federation = load_federation(str(EXAMPLE))
+    (provider,) = federation.providers.values()
+    chat, vision = federation.models["gpt-4o-mini"], federation.models["gpt-4o"]
+    assert (federation.name, provider.id, provider.base_url, provider.env_key) == (
+        "openai-example",
+        "openai",
+        "https://api.openai.com/v1",
+        "OPENAI_API_KEY",
+    )
+    assert (chat.default, chat.hold_microcredits, chat.bill) == (("text", "stream", "openai"), 20_000, TokenPrice(1, 4))
+    assert [(rule.match, rule.model) for rule in chat.fallback] == [(MediaMatch("image/*"), "gpt-4o")]
+    assert (vision.media, vision.default, vision.bill) == (("image/*",), (), TokenPrice(3, 10))
+
+
+def test_a_file_names_hooks_and_a_bill_function_by_import_path(tmp_path: Path) -> None:
+    from tests.unit.ai import yaml_hooks
+
+    federation = load_federation_file(write(tmp_path, VALID))
+    chat, eyes = federation.models["chat"], federation.models["eyes"]
+    assert federation.hooks.before == [yaml_hooks.deny_banned]
+    assert (chat.hooks.after, chat.bill, chat.provider.passthrough_model) == (
+        [yaml_hooks.deny_banned],
+        FlatPrice(700),
+        "upstream-chat",
+    )
+    assert eyes.bill is yaml_hooks.half_price
+
+
+def test_a_media_match_covers_its_pattern_only() -> None:
+    match = MediaMatch("image/*")
+    assert [match(MediaInfo(t)) for t in ("image/png", "image/jpeg", "application/pdf")] == [True, True, False]
+
+
+def test_a_misspelt_field_is_refused_on_its_line(tmp_path: Path) -> None:
+    text = VALID.replace("    price: {per_call: 700}", "    prize: {per_call: 700}")
+    assert refusal(tmp_path, text) == "federation.yaml:15: models[0].prize: Extra inputs are not permitted"
+
+
+def test_a_model_of_an_undeclared_provider_is_refused_naming_the_declared_ones(tmp_path: Path) -> None:
+    text = VALID.replace("  - id: eyes\n    provider: up", "  - id: eyes\n    provider: upp")
+    assert refusal(tmp_path, text) == "federation.yaml:20: models[1].provider: no provider 'upp'; declared: ['up']"
+
+
+def test_a_priced_model_without_a_hold_is_refused_at_the_model(tmp_path: Path) -> None:
+    text = VALID.replace("    hold_microcredits: 700\n", "")
+    assert refusal(tmp_path, text) == (
+        "federation.yaml:10: models[0].hold_microcredits: a billed model needs a hold that bounds one call's cost"
+    )
+
+
+def test_a_price_that_is_not_an_integer_is_refused(tmp_path: Path) -> None:
+    text = VALID.replace("{per_call: 700}", "{per_call: 0.5}")
+    assert refusal(tmp_path, text) == "federation.yaml:15: models[0].price.per_call: Input should be a valid integer"
+
+
+def test_a_hook_that_does_not_import_is_refused_naming_its_index(tmp_path: Path) -> None:
+    text = VALID.replace("after: [tests.unit.ai.yaml_hooks:deny_banned]", "after: [tests.unit.ai.yaml_hooks:nope]")
+    assert refusal(tmp_path, text) == (
+        "federation.yaml:18: models[0].hooks.after[0]: module 'tests.unit.ai.yaml_hooks' has no attribute 'nope'"
+    )
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = VALID.replace("    default: [text, stream, openai]", "    default: [text, image]").replace(
+        "base_url: http://127.0.0.1:9/v1", "base_url: 127.0.0.1:9/v1"
+    )
+    assert refusal(tmp_path, text).splitlines() == [
+        "federation.yaml:6: providers[0].base_url: should be an http:// or https:// URL",
+        "federation.yaml:12: models[0].default[1]: Input should be 'text', 'stream' or 'openai'",
+    ]
+
+
+def test_a_hook_that_is_not_an_import_path_is_refused_saying_what_one_looks_like(tmp_path: Path) -> None:
+    text = VALID.replace("before: [tests.unit.ai.yaml_hooks:deny_banned]", "before: [deny_banned]")
+    assert refusal(tmp_path, text) == (
+        "federation.yaml:3: hooks.before[0]: should be an import path 'package.module:function'"
+    )
+
+
+def test_invalid_yaml_is_refused_on_the_line_of_the_problem(tmp_path: Path) -> None:
+    text = VALID.replace("    default: [text, stream, openai]", "    default: [text, stream, openai")
+    assert refusal(tmp_path, text) == "federation.yaml:13: invalid YAML: expected ',' or ']', but got ':'"
+
+
+def test_the_readme_shows_the_shipped_example() -> None:
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
