@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -157,6 +159,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
     yield
 
 
+T = TypeVar("T")
+
 TEST_MASTER_KEY = "ZG93bmNpdHktdGVzdC1tYXN0ZXIta2V5LTMyYnl0ZXM="
 TEST_ADMIN_KEY = "dc_admin_test_key_for_the_suite"
 
@@ -189,3 +193,14 @@ def ray_cluster(demo_upstream: str) -> Iterator[float]:
     ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="downcity", log_to_driver=False)
     yield time.perf_counter() - started
     ray.shutdown()
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout_s: float = 30) -> T:
+    """Probe state that no event reports until `accept` holds, failing at the deadline.
+
+    A Ray worker or a background task writes it; this is the one place the tests poll.
+    """
+    async with asyncio.timeout(timeout_s):
+        while not accept(value := await probe()):  # noqa: ASYNC110 - nothing signals this state
+            await asyncio.sleep(0.05)
+    return value

@@ -22,7 +22,7 @@ from actors.cli.lifecycle import RunFile, is_alive
 from downcity.ai.federation_file import FederationFileError, load_federation_file
 from downcity.auth import KeyRing, TokenIssuer
 from downcity.cities import CityStore
-from downcity.demo.federation import DEMO_KEY_ENV, DEMO_UPSTREAM_ENV
+from downcity.demo.federation import DEMO_KEY_ENV, DEMO_UPSTREAM_ENV, build_demo_federation
 from downcity.env import EnvStore
 from downcity.errors import DowncityHTTPError
 from downcity.secrets import MasterKey
@@ -75,7 +75,8 @@ async def _seed_demo(settings: Settings) -> str:
                 raise
         await cities.activate(DEMO_CITY)
         ledger = get_ledger(settings.resolved_database_url, settings.ledger_shards)
-        await ledger.credit("demo:initial-credit", DEMO_USER, DEMO_CREDIT, note="demo credit")
+        account = build_demo_federation().accounts.account_id(DEMO_CITY, DEMO_USER)
+        await ledger.credit("demo:initial-credit", account, DEMO_CREDIT, note="demo credit")
         keyring = KeyRing(db, master)
         await keyring.refresh()
         issued = await TokenIssuer(keyring, cities).apply(DEMO_CITY, DEMO_USER, {"plan": "demo"})

@@ -179,6 +179,10 @@ class JobManager:
 
     async def _scan_forever(self) -> None:
         while True:
+            try:
+                await self._keep_holds()
+            except Exception:
+                logger.exception("tracking the holds of pending jobs failed")
             await asyncio.sleep(SCAN_INTERVAL_S)
             try:
                 overdue = await self.store.with_work(due_before_ms=now_ms() - OVERDUE_GRACE_MS)
@@ -188,6 +192,12 @@ class JobManager:
             for job_id, provider_id, due_ms in overdue:
                 if job_id not in self._inflight:
                     self.schedule(job_id, provider_id, due_ms)
+
+    async def _keep_holds(self) -> None:
+        """Renew the hold of every job with work left, from the first scan after its create (well within a TTL)."""
+        for job_id, city_id, user_id in await self.store.owners_with_work():
+            account = self.federation.accounts.account_id(city_id, user_id)
+            self._renewer.track(self, image_hold_key(job_id), account)
 
     def _dispatch(self, job_id: str, provider_id: str) -> None:
         if job_id in self._inflight:
@@ -245,7 +255,6 @@ class JobManager:
         if record.terminal:
             await self._finalize(record)
             return None
-        self._renewer.track(self, image_hold_key(record.job_id), self._account(record))
         deadline = record.created_at_ms + self.settings.image_max_pending_duration_ms
         if now_ms() >= deadline:
             await self._finish(record, {"status": "failed", "error": UPSTREAM_TIMEOUT, "message": UPSTREAM_TIMEOUT})

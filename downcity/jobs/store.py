@@ -197,6 +197,14 @@ class JobStore:
             rows = (await conn.execute(query)).all()
         return [(row.job_id, row.provider_id, row.next_poll_at_ms) for row in rows]
 
+    async def owners_with_work(self) -> list[tuple[str, str, str]]:
+        """`(job_id, city_id, user_id)` of every job with work left: the jobs whose holds must stay alive."""
+        condition = and_(async_jobs.c.status.in_(ALL_STATUSES), async_jobs.c.next_poll_at_ms.is_not(None))
+        query = select(async_jobs.c.job_id, async_jobs.c.city_id, async_jobs.c.user_id).where(condition)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row.job_id, row.city_id, row.user_id) for row in rows]
+
     async def list(
         self,
         *,

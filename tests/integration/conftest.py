@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import httpx
 import pytest
 
 from actors.serving import free_port
-from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
+from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory, eventually
 
-T = TypeVar("T")
+__all__ = ["ServedApp", "eventually"]
 
 APP_NAME = "downcity"
 DEPLOY_DEADLINE_S = 60
@@ -92,14 +91,3 @@ async def served(
         assert stored.status_code == 200, stored.text
         await asyncio.sleep(1.5)  # provider replicas poll the env version every second
         yield ServedApp(url=url, database_url=database_url, admin=admin)
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout_s: float = 30) -> T:
-    """Probe state another process writes until `accept` holds, failing at the deadline.
-
-    No event crosses from a Ray worker to the test, so this is the one place that polls.
-    """
-    async with asyncio.timeout(timeout_s):
-        while not accept(value := await probe()):  # noqa: ASYNC110 - the state lives in another process
-            await asyncio.sleep(0.05)
-    return value

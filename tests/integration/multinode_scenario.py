@@ -32,8 +32,9 @@ from sqlalchemy import select
 
 from actors.placement import HEAD_PINNED
 from actors.serving import RAY_NAMESPACE, free_port
+from downcity.calls.replays import key_hash
 from downcity.store import Database
-from downcity.store.schema import balances, ledger_entries
+from downcity.store.schema import balances, ledger_entries, usage_records
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "downcity"
@@ -167,13 +168,16 @@ async def seed(client: httpx.AsyncClient) -> tuple[str, str, str]:
 
 
 async def ledger_view(database_url: str, user_id: str) -> tuple[dict[str, int], int]:
-    """The user's charge entries (key → amount) and their balance."""
+    """The user's charges by the stored Idempotency-Key of their call (usage row → ledger entry), and balance."""
     db = Database(database_url)
     try:
         async with db.connect() as conn:
+            charged = select(usage_records.c.idempotency_key, ledger_entries.c.amount_microcredits).join(
+                ledger_entries, usage_records.c.ledger_entry_key == ledger_entries.c.idempotency_key
+            )
+            rows = await conn.execute(charged.where(usage_records.c.user_id == user_id))
+            entries = {row.idempotency_key: row.amount_microcredits for row in rows}
             # The ledger keys accounts as `<city_id>/<user_id>`; test user ids are unique across cities.
-            rows = await conn.execute(select(ledger_entries).where(ledger_entries.c.user_id.endswith(f"/{user_id}")))
-            entries = {row.idempotency_key: row.amount_microcredits for row in rows if row.kind == "charge"}
             balance = (await conn.execute(select(balances).where(balances.c.user_id.endswith(f"/{user_id}")))).one()
     finally:
         await db.dispose()
@@ -227,7 +231,7 @@ async def scenario(cluster: Cluster, database_url: str, data_dir: str, port: int
         result["after_statuses"] = Counter([str(await after.one()) for _ in range(20)])
 
         accepted = {
-            f"call:{city_id}:{user_id}:{key}": charge
+            key_hash(city_id, user_id, "text", key): charge
             for load in (scaling, losing, after)
             for key, (status, charge) in load.outcomes.items()
             if status == 200

@@ -51,7 +51,7 @@ async def app(database_url: str, tmp_path: Path, demo_upstream: str) -> AsyncIte
         await admin.cities.create("YAML app", city_id="yaml")
         await runtime.refresh()
         for user in ("u1", "banned"):
-            await admin.balance.credit(user, 100_000, f"seed-{user}")
+            await admin.balance.credit("yaml", user, 100_000, f"seed-{user}")
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
         client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
         yield client

@@ -217,6 +217,7 @@ async def test_user_lists_models(user: AsyncUserClient) -> None:
     assert [(m.id, m.default_for) for m in models] == [
         ("demo-chat", ["text", "stream", "openai"]),
         ("demo-vision", []),
+        ("demo-image", ["image"]),
     ]
     assert models[0].model_extra == {"provider": "demo", "media": []}
 

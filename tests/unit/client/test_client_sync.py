@@ -122,7 +122,7 @@ def test_sync_user_stream(user: UserClient) -> None:
 
 
 def test_sync_user_models(user: UserClient) -> None:
-    assert [model.id for model in user.ai.models()] == ["demo-chat", "demo-vision"]
+    assert [model.id for model in user.ai.models()] == ["demo-chat", "demo-vision", "demo-image"]
 
 
 def test_sync_error_carries_status_type_and_field(admin: AdminClient) -> None:

@@ -36,7 +36,7 @@ async def user(
     admin = AsyncAdminClient(BASE_URL, admin_key=ADMIN_KEY, transport=transport)
     await admin.cities.create("Demo city", city_id="demo")
     await runtime.refresh()
-    await admin.balance.credit("demo-user", CREDIT, "seed")
+    await admin.balance.credit("demo", "demo-user", CREDIT, "seed")
     issued = await admin.tokens.apply(city_id="demo", user_id="demo-user")
     client = AsyncUserClient(BASE_URL, city_id="demo", user_token=issued.user_token, transport=transport)
     async with admin, client:
@@ -56,10 +56,16 @@ async def settled_balance(user: AsyncUserClient) -> Balance:
 
 def test_the_demo_serves_text_vision_and_image_models_with_bounded_holds() -> None:
     models = build_demo_federation().models
-    assert {m.id: (m.pathways, m.default, m.hold_microcredits) for m in models.values()} == {
-        "demo-chat": (("text", "stream", "openai"), ("text", "stream", "openai"), 5_000),
-        "demo-vision": (("text", "stream", "openai"), (), 5_000),
-        "demo-image": (("image",), ("image",), 8 * IMAGE_PRICE),
+    holds = {m.id: (m.hold_for({}), m.hold_for({"count": 3}), m.hold_for({"count": 99})) for m in models.values()}
+    assert {m.id: (m.pathways, m.default) for m in models.values()} == {
+        "demo-chat": (("text", "stream", "openai"), ("text", "stream", "openai")),
+        "demo-vision": (("text", "stream", "openai"), ()),
+        "demo-image": (("image",), ("image",)),
+    }
+    assert holds == {
+        "demo-chat": (5_000, 5_000, 5_000),
+        "demo-vision": (5_000, 5_000, 5_000),
+        "demo-image": (IMAGE_PRICE, 3 * IMAGE_PRICE, 8 * IMAGE_PRICE),
     }
 
 

@@ -29,9 +29,10 @@ from downcity.ledger import Ledger
 from downcity.settings import Settings
 from downcity.store import Database
 from downcity.store.database import now_ms
-from downcity.store.schema import ledger_entries, usage_records
+from downcity.store.schema import holds, ledger_entries, usage_records
 from downcity.types import ImageJobResult
 from examples.federation import DeepSeekImages, LocalTools, per_image
+from tests.conftest import eventually
 
 CITY = "city-a"
 USER = "alice"
@@ -394,3 +395,21 @@ async def test_progress_of_many_polls_is_written_in_one_batch(jobs: Jobs) -> Non
         ("running", 111, {"a": 1}, 300, 1, None),
         ("running", 222, {"b": 2}, 200, 1, None),
     ]
+
+
+async def _hold_expiry(jobs: Jobs, job_id: str) -> int:
+    async with jobs.db.connect() as conn:
+        row = (await conn.execute(select(holds).where(holds.c.idempotency_key == f"image:{job_id}"))).one()
+    return int(row.expires_at_ms)
+
+
+async def test_a_pending_jobs_hold_is_renewed_before_its_first_poll(jobs: Jobs) -> None:
+    created = await jobs.create("a cat [[polls:0]] [[poll-after:60000]]")
+    reserved = await _hold_expiry(jobs, created.job_id)
+    # A 1 s hold TTL makes the manager renew every third of a second; the job's first poll is a minute away.
+    await jobs.manager(replace(FAST, hold_expiry_s=1))
+
+    renewed = await eventually(lambda: _hold_expiry(jobs, created.job_id), lambda expiry: expiry > reserved)
+
+    assert renewed > reserved
+    assert await jobs.store.get(created.job_id) is not None and len(await jobs.polls(created)) == 0
