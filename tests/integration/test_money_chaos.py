@@ -327,6 +327,12 @@ async def kill_ledger(tracker: Tracker, database_url: str) -> Kill:
     ray.kill(handle, no_restart=False)
     killed_at = time.monotonic()
     async with asyncio.timeout(RESTART_DEADLINE_S):
+        # ray.kill only asks: a call sent now may still reach the old process. Wait for Ray's restart first.
+        while True:
+            info = actor_info(handle)
+            if info["NumRestarts"] > before["NumRestarts"] and info["State"] == "ALIVE":
+                break
+            await asyncio.sleep(0.05)
         while True:
             try:
                 served_url = await handle.ping.remote()
