@@ -69,7 +69,9 @@ REPLICA_PREFIX = f"SERVE_REPLICA::{CHAOS_APP}#ingress#"
 
 FLAT_PRICE = 500
 IMAGE_PRICE = 20_000
-IMAGE_HOLD = 160_000
+# Each create asks for the most images, so its hold (price x count) is the largest a create can take.
+IMAGE_COUNT = 8
+IMAGE_HOLD = IMAGE_COUNT * IMAGE_PRICE
 REPLAY_HOLD = 2_000
 # The balance: one image job's hold, the replayed call's hold, and sixty flat calls.
 FLAT_CALLS_COVERED = 60
@@ -249,6 +251,7 @@ def storm_body(kind: str, tag: str) -> dict[str, Any]:
     if kind == "image":
         return {
             "model": "deepseek-image",
+            "count": IMAGE_COUNT,
             "prompt": f"chaos {tag} [[polls:{IMAGE_POLLS}]] [[poll-after:{IMAGE_POLL_AFTER_MS}]]",
         }
     if kind == "stream":
@@ -428,18 +431,21 @@ class Samples:
     failed: int = 0
 
 
-async def sample_balance(admin: httpx.AsyncClient, db: Database, user_id: str, stop: asyncio.Event) -> Samples:
+async def sample_balance(
+    admin: httpx.AsyncClient, db: Database, city_id: str, user_id: str, stop: asyncio.Event
+) -> Samples:
     samples = Samples()
+    account = f"{city_id}/{user_id}"
     while not stop.is_set():
         try:
-            seen = await admin.get("/v1/balance/get", params={"user_id": user_id})
+            seen = await admin.get("/v1/balance/get", params={"city_id": city_id, "user_id": user_id})
             if seen.status_code == 200:
                 samples.http.append(seen.json())
             else:
                 samples.failed += 1
         except httpx.TransportError:
             samples.failed += 1
-        for row in await fetch_rows(db, balances, balances.c.user_id == user_id):
+        for row in await fetch_rows(db, balances, balances.c.user_id == account):
             samples.db.append((row.credits_microcredits, row.held_microcredits))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
@@ -495,6 +501,7 @@ async def test_money_invariants_hold_while_the_ledger_and_an_ingress_replica_are
     served: ServedApp, chaos_url: str, demo_upstream: str
 ) -> None:
     city_id, user_id, token = await served.new_user(credit=CREDIT)
+    account = f"{city_id}/{user_id}"
     db = Database(served.database_url, pool_size=4)
     limits = httpx.Limits(max_connections=STORM_CALLS + REPLAYS + 20, max_keepalive_connections=50)
     client = httpx.AsyncClient(
@@ -529,7 +536,7 @@ async def test_money_invariants_hold_while_the_ledger_and_an_ingress_replica_are
         # The storm, the faults and the balance sampler, all at once.
         tracker = Tracker()
         stop_sampling = asyncio.Event()
-        sampler = asyncio.create_task(sample_balance(admin, db, user_id, stop_sampling))
+        sampler = asyncio.create_task(sample_balance(admin, db, city_id, user_id, stop_sampling))
         kinds = [*itertools.chain.from_iterable(itertools.repeat(STORM_KINDS, STORM_FLAT_PER_KIND))]
         for index in range(STORM_IMAGES):
             kinds.insert(index * len(kinds) // STORM_IMAGES, "image")
@@ -581,25 +588,25 @@ async def test_money_invariants_hold_while_the_ledger_and_an_ingress_replica_are
 
         # Settles the Ledger could not take are owed from the outbox until it drains them.
         async def outbox_drained() -> bool:
-            return not await fetch_rows(db, settle_outbox, settle_outbox.c.user_id == user_id)
+            return not await fetch_rows(db, settle_outbox, settle_outbox.c.user_id == account)
 
         await wait_until(outbox_drained, "drained the settle outbox", SETTLE_DEADLINE_S)
         await asyncio.to_thread(wait_for_ingress_replicas, SETTLE_DEADLINE_S)
 
-        entries = await fetch_rows(db, ledger_entries, ledger_entries.c.user_id == user_id)
+        entries = await fetch_rows(db, ledger_entries, ledger_entries.c.user_id == account)
         usage = await fetch_rows(db, usage_records, usage_records.c.user_id == user_id)
-        held_rows = await fetch_rows(db, holds, holds.c.user_id == user_id)
+        held_rows = await fetch_rows(db, holds, holds.c.user_id == account)
         claims = await fetch_rows(db, idempotency_claims, idempotency_claims.c.user_id == user_id)
-        (balance_row,) = await fetch_rows(db, balances, balances.c.user_id == user_id)
+        (balance_row,) = await fetch_rows(db, balances, balances.c.user_id == account)
         upstream = await upstream_log(demo_upstream, started_ms)
 
         # Time passes for the holds the lost calls left behind: the Ledger's sweep releases them, charging nothing.
         stuck = [h for h in held_rows if h.status == "held"]
         sweep_at = max((h.expires_at_ms for h in stuck), default=now_ms()) + 1
         swept = await get_ledger(served.database_url).sweep_expired_holds(now_ms=sweep_at)
-        (swept_balance,) = await fetch_rows(db, balances, balances.c.user_id == user_id)
-        swept_holds = {h.idempotency_key: h.status for h in await fetch_rows(db, holds, holds.c.user_id == user_id)}
-        swept_entries = await fetch_rows(db, ledger_entries, ledger_entries.c.user_id == user_id)
+        (swept_balance,) = await fetch_rows(db, balances, balances.c.user_id == account)
+        swept_holds = {h.idempotency_key: h.status for h in await fetch_rows(db, holds, holds.c.user_id == account)}
+        swept_entries = await fetch_rows(db, ledger_entries, ledger_entries.c.user_id == account)
     finally:
         await client.aclose()
         await admin.aclose()
@@ -677,7 +684,7 @@ async def test_money_invariants_hold_while_the_ledger_and_an_ingress_replica_are
 
     # The image job: four creates, one admitted, billed once from its hold; the storm's creates all refused.
     assert usage_by_key[f"image:{job_id}"].status == "ok"
-    assert entry_amounts[f"image:{job_id}"] == IMAGE_PRICE
+    assert entry_amounts[f"image:{job_id}"] == IMAGE_HOLD
     assert holds_by_key[f"image:{job_id}"].status == "settled"
     assert [h.idempotency_key for h in held_rows if h.idempotency_key.startswith("image:")] == [f"image:{job_id}"]
     storm_images = [o for o in storm if o.kind == "image"]
