@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter
 
 from downcity.errors import DowncityHTTPError, not_found
-from downcity.http.deps import CallerDep, RuntimeDep
+from downcity.http.deps import CallerDep, IdempotencyKeyDep, RuntimeDep
 from downcity.http.schemas import ImageCreateRequest, ImageResultRequest
 from downcity.jobs.store import JobStore
 from downcity.jobs.submit import submit_image_job
 
 router = APIRouter(prefix="/v1/ai/image")
 logger = logging.getLogger(__name__)
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
 
 
 @router.post("/create")
 async def create(
-    body: ImageCreateRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKey = None
+    body: ImageCreateRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
 ) -> dict[str, Any]:
     """Start an upstream image job and hand it to the JobManager; never bills."""
     jobs = runtime.jobs
