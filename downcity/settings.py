@@ -18,6 +18,11 @@ DEFAULT_IMAGE_FETCH_CONCURRENCY = 64
 DEFAULT_IMAGE_LEASE_MS = 90_000
 DEFAULT_HOLD_EXPIRY_S = 15 * 60
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Money bounds, so no sum of ledger amounts can overflow a 64-bit column: one credit or debit at most
+# MAX_AMOUNT_MICROCREDITS, a balance credited up to MAX_BALANCE_MICROCREDITS (about a ninth of 2^63).
+MAX_AMOUNT_MICROCREDITS = 10**15
+MAX_BALANCE_MICROCREDITS = 10**18
+MAX_ENTRY_ID = 2**63 - 1
 
 
 def _env_int(name: str, default: int) -> int:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from downcity.http.edge import EdgeRules
 from downcity.http.errors import install_error_handlers
 from downcity.http.limits import BodySizeLimit
 from downcity.http.routes import ai, balance, cities, env, images, jobs, public, tokens, usage
@@ -31,5 +32,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     install_error_handlers(app)
     for module in (public, ai, images, balance, cities, tokens, env, usage, jobs):
         app.include_router(module.router)
+    # Added last runs first: the size cap, then the edge rule, then the routes.
+    app.add_middleware(EdgeRules)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
     return app

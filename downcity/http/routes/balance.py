@@ -7,7 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from downcity.errors import DowncityHTTPError
 from downcity.http.deps import AdminDep, CallerDep, RuntimeDep
+from downcity.settings import MAX_AMOUNT_MICROCREDITS, MAX_BALANCE_MICROCREDITS, MAX_ENTRY_ID
 
 router = APIRouter(prefix="/v1/balance")
 
@@ -16,7 +18,7 @@ class BalanceChange(BaseModel):
     """Body of `/v1/balance/credit` and `/v1/balance/debit`."""
 
     user_id: str = Field(min_length=1, max_length=200)
-    amount_microcredits: int = Field(gt=0, le=10**15, strict=True)
+    amount_microcredits: int = Field(gt=0, le=MAX_AMOUNT_MICROCREDITS, strict=True)
     idempotency_key: str = Field(min_length=1, max_length=180)
     note: str | None = Field(default=None, max_length=1000)
 
@@ -32,7 +34,11 @@ async def my_balance(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 
 @router.post("/credit")
 async def credit(body: BalanceChange, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """Top up a user; replays of the same key return the first entry."""
+    """Top up a user up to the balance cap; replays of the same key return the first entry."""
+    balance = await runtime.ledger.balance(body.user_id)
+    if balance.balance + body.amount_microcredits > MAX_BALANCE_MICROCREDITS:
+        message = f"a balance may hold at most {MAX_BALANCE_MICROCREDITS} microcredits; this credit would exceed it"
+        raise DowncityHTTPError(422, "balance_cap_exceeded", message, "amount_microcredits")
     entry = await runtime.ledger.credit(
         f"admin:{body.idempotency_key}", body.user_id, body.amount_microcredits, note=body.note
     )
@@ -60,7 +66,7 @@ async def history(
     runtime: RuntimeDep,
     _: AdminDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_ENTRY_ID)] = None,
 ) -> dict[str, Any]:
     """A user's ledger entries, newest first."""
     entries = await runtime.ledger.history(user_id, limit=limit, before_id=before_id)
