@@ -101,17 +101,17 @@ REFUSED = [
 
 @pytest.mark.parametrize(("caller", "method", "path", "body", "field", "message"), REFUSED)
 async def test_bad_strings_and_numbers_get_a_422_naming_the_field_before_any_work(
-    app: App, caller: str, method: str, path: str, body: str | None, field: str, message: str
+    shared_app: App, caller: str, method: str, path: str, body: str | None, field: str, message: str
 ) -> None:
-    before = await row_counts(app.runtime)
-    async with app.user() if caller == "user" else app.admin() as client:
+    before = await row_counts(shared_app.runtime)
+    async with shared_app.user() if caller == "user" else shared_app.admin() as client:
         response = await client.request(method, path, content=body, headers=JSON)
 
     assert response.status_code == 422
     assert response.json() == {"error": {"type": "invalid_request", "message": f"{field}: {message}", "field": field}}
-    assert app.upstream.calls == []
-    assert app.upstream.image_calls == 0
-    assert await row_counts(app.runtime) == before
+    assert shared_app.upstream.calls == []
+    assert shared_app.upstream.image_calls == 0
+    assert await row_counts(shared_app.runtime) == before
 
 
 def _nested(depth: int) -> str:
