@@ -10,6 +10,8 @@ from typing import Any
 DEFAULT_DATA_DIR = Path(".downcity")
 DEFAULT_TOKEN_TTL_S = 7 * 24 * 3600
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
+# How far a token's `iat` may run ahead of the verifying replica's clock.
+MAX_CLOCK_SKEW_S = 30
 DEFAULT_IMAGE_MAX_PENDING_MS = 2 * 3600 * 1000
 DEFAULT_IMAGE_POLL_INTERVAL_MS = 1_000
 DEFAULT_IMAGE_BACKOFF_BASE_MS = 500
