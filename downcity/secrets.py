@@ -1,10 +1,13 @@
-"""The master key that encrypts provider keys and signing keys at rest (AES-256-GCM)."""
+"""The master key that encrypts provider keys and signing keys at rest (AES-256-GCM), and the scrubber that
+keeps every configured secret value out of error messages and log lines."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -62,6 +65,7 @@ class MasterKey:
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a master key is {KEY_BYTES} bytes, got {len(key)}")
+        self._key = key
         self._aead = AESGCM(key)
 
     @classmethod
@@ -86,6 +90,10 @@ class MasterKey:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"master key file {path} is malformed: {exc}") from None
 
+    def encoded(self) -> str:
+        """The key as `DOWNCITY_MASTER_KEY` or the key file spell it, so the scrubber can find it in text."""
+        return _encode_key(self._key)
+
     def encrypt(self, plaintext: bytes, *, aad: bytes) -> bytes:
         """Encrypt and authenticate `plaintext`, bound to `aad`."""
         nonce = os.urandom(NONCE_BYTES)
@@ -99,3 +107,70 @@ class MasterKey:
             return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
         except InvalidTag:
             raise DecryptionError("ciphertext does not authenticate under this key and aad") from None
+
+
+REDACTED = "[redacted]"
+# Shorter values would redact ordinary words; no real key is this short.
+MIN_SECRET_CHARS = 8
+SecretSource = Callable[[], Iterable[str | None]]
+
+
+class SecretScrubber(logging.Filter):
+    """Replaces every secret value its sources name with `[redacted]`, in text and in log records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sources: list[SecretSource] = []
+
+    def add_source(self, source: SecretSource) -> None:
+        """Also scrub whatever `source()` returns (read at each use, so rotated keys are covered)."""
+        self._sources.append(source)
+
+    def remove_source(self, source: SecretSource) -> None:
+        """Stop consulting `source`."""
+        self._sources.remove(source)
+
+    def secrets(self) -> list[str]:
+        """The current secret values, longest first so a key containing another is redacted whole."""
+        found = {value for source in self._sources for value in source() if value and len(value) >= MIN_SECRET_CHARS}
+        return sorted(found, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret value replaced."""
+        for secret in self.secrets():
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Scrub the record's message and traceback in place; never drops a record."""
+        if not self._sources:
+            return True
+        message = record.getMessage()
+        scrubbed = self.scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        return True
+
+
+SCRUBBER = SecretScrubber()
+_scrubbing_factory: Callable[..., logging.LogRecord] | None = None
+
+
+def install_log_scrubbing() -> None:
+    """Run `SCRUBBER` on every log record this process makes, whichever handler writes it (idempotent)."""
+    global _scrubbing_factory
+    if logging.getLogRecordFactory() is _scrubbing_factory:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def scrubbed_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        SCRUBBER.filter(record)
+        return record
+
+    _scrubbing_factory = scrubbed_record
+    logging.setLogRecordFactory(scrubbed_record)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from downcity.errors import DowncityHTTPError
+from downcity.secrets import SCRUBBER
 
 logger = logging.getLogger("downcity.http")
 
@@ -27,8 +28,12 @@ _STATUS_TYPES = {
 
 
 def error_response(error: DowncityHTTPError) -> JSONResponse:
-    """The JSON response for a DowncityHTTPError."""
-    return JSONResponse(error.to_body(), status_code=error.status)
+    """The JSON response for a DowncityHTTPError, with every configured secret value scrubbed out."""
+    body = error.to_body()
+    for key in ("message", "field"):
+        if key in body["error"]:
+            body["error"][key] = SCRUBBER.scrub(body["error"][key])
+    return JSONResponse(body, status_code=error.status)
 
 
 _SOURCES = ("body", "query", "header", "path")
