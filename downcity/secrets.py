@@ -12,13 +12,19 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.engine import make_url
 
 from downcity.settings import Settings
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 MASTER_KEY_ENV = "DOWNCITY_MASTER_KEY"
-MASTER_KEY_FILE = "master.key"
+MASTER_KEY_FILE_ENV = "DOWNCITY_MASTER_KEY_FILE"
+# Where releases before the key moved out of the data dir put it; still read, with a warning.
+LEGACY_MASTER_KEY_FILE = "master.key"
+
+logger = logging.getLogger(__name__)
+_warned_beside: set[Path] = set()
 
 
 class DecryptionError(ValueError):
@@ -59,6 +65,39 @@ def _create_key_file(path: Path) -> None:
         tmp.unlink()
 
 
+def key_file(settings: Settings) -> Path:
+    """`DOWNCITY_MASTER_KEY_FILE`, else a key already in the data dir (older releases), else the default."""
+    if settings.master_key_file is not None:
+        return settings.master_key_file
+    legacy = settings.data_dir / LEGACY_MASTER_KEY_FILE
+    return legacy if legacy.exists() else settings.default_master_key_file
+
+
+def sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite database file the settings point at, or None for another database."""
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database).resolve()
+
+
+def warn_if_beside_database(path: Path, settings: Settings) -> None:
+    """Log once per file when the master key sits in the SQLite database's directory."""
+    database = sqlite_file(settings)
+    resolved = path.resolve()
+    if database is None or resolved.parent != database.parent or resolved in _warned_beside:
+        return
+    _warned_beside.add(resolved)
+    logger.warning(
+        "the master key file %s is beside the SQLite database %s, so a copy of that directory holds both: "
+        "set %s, or %s to a path outside it",
+        resolved,
+        database,
+        MASTER_KEY_ENV,
+        MASTER_KEY_FILE_ENV,
+    )
+
+
 class MasterKey:
     """AES-256-GCM with a random 12-byte nonce prepended to every ciphertext."""
 
@@ -75,15 +114,16 @@ class MasterKey:
 
     @classmethod
     def load(cls, settings: Settings) -> MasterKey:
-        """The key from `DOWNCITY_MASTER_KEY`, else from `<data_dir>/master.key` (created once, 0600)."""
+        """The key from `DOWNCITY_MASTER_KEY`, else from its file (created once, 0600); see `key_file`."""
         if settings.master_key:
             try:
                 return cls(_decode_key(settings.master_key))
             except ValueError as exc:
                 raise ValueError(f"{MASTER_KEY_ENV} is malformed: {exc}") from None
-        path = settings.data_dir / MASTER_KEY_FILE
+        path = key_file(settings)
+        warn_if_beside_database(path, settings)
         if not path.exists():
-            settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_key_file(path)
         try:
             return cls(_decode_key(path.read_text(encoding="ascii")))

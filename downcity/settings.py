@@ -39,6 +39,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
     master_key: str | None = None
+    master_key_file: Path | None = None
     admin_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S
@@ -58,12 +59,20 @@ class Settings:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'downcity.db').resolve()}"
 
+    @property
+    def default_master_key_file(self) -> Path:
+        """Where the generated master key goes: beside the data dir, not in it, so a backup of one lacks the other."""
+        data_dir = self.data_dir.resolve()
+        return data_dir.with_name(f"{data_dir.name}-master.key")
+
     @classmethod
     def with_env_secrets(cls, values: dict[str, Any]) -> Settings:
         """Settings from plain deployment args, with the master and admin keys from this process's env."""
         data = dict(values)
         data["data_dir"] = Path(data.get("data_dir", DEFAULT_DATA_DIR))
         data["master_key"] = os.environ.get("DOWNCITY_MASTER_KEY") or None
+        key_file = data.get("master_key_file") or os.environ.get("DOWNCITY_MASTER_KEY_FILE")
+        data["master_key_file"] = Path(key_file) if key_file else None
         data["admin_key"] = os.environ.get("DOWNCITY_ADMIN_KEY") or None
         return cls(**data)
 
@@ -74,6 +83,7 @@ class Settings:
             data_dir=Path(os.environ.get("DOWNCITY_DATA_DIR", str(DEFAULT_DATA_DIR))),
             database_url=os.environ.get("DOWNCITY_DATABASE_URL") or None,
             master_key=os.environ.get("DOWNCITY_MASTER_KEY") or None,
+            master_key_file=Path(key_file) if (key_file := os.environ.get("DOWNCITY_MASTER_KEY_FILE")) else None,
             admin_key=os.environ.get("DOWNCITY_ADMIN_KEY") or None,
             max_body_bytes=_env_int("DOWNCITY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             hold_expiry_s=_env_int("DOWNCITY_HOLD_EXPIRY_S", DEFAULT_HOLD_EXPIRY_S),
