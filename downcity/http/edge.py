@@ -1,15 +1,13 @@
 """The edge rule every request meets before any route runs: strings and JSON values a database can store.
 
-One ASGI middleware checks the query string, the headers the app reads and a JSON body, and answers 422
-naming the first bad field: no U+0000, no lone surrogate (neither survives PostgreSQL `text` or `jsonb`),
-no NaN or ±Infinity, integers within a signed 64-bit range, and nesting at most `MAX_JSON_DEPTH` deep.
+One ASGI middleware checks the query string, the headers the app reads and a JSON body against
+`downcity.store.values`, and answers 422 naming the first bad field, before any dependency, route,
+upstream call or write.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from email.message import Message as MimeMessage
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,49 +16,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from downcity.errors import DowncityHTTPError, invalid
 from downcity.http.limits import read_body, replaying, send_error
+from downcity.store.values import MAX_JSON_DEPTH, check_json, check_text
 
-MAX_JSON_DEPTH = 64
-MAX_JSON_INT = 2**63 - 1
-MIN_JSON_INT = -(2**63)
 # The request headers some route or dependency reads, by their lower-case wire name.
 READ_HEADERS = {b"authorization": "Authorization", b"x-city-id": "X-City-Id", b"idempotency-key": "Idempotency-Key"}
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def check_text(value: str, field: str) -> None:
-    """422 when `value` holds U+0000 or a lone surrogate."""
-    if "\x00" in value:
-        raise invalid(f"{field}: must not contain U+0000", field)
-    if _SURROGATE.search(value):
-        raise invalid(f"{field}: must not contain a lone surrogate", field)
-
-
-def _child(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-def check_json(value: Any, path: str = "", depth: int = 1) -> None:
-    """422 naming the first value under `path` that breaks the edge rule."""
-    field = path or "body"
-    if depth > MAX_JSON_DEPTH:
-        raise invalid(f"{field}: JSON nesting exceeds {MAX_JSON_DEPTH} levels", field)
-    if isinstance(value, str):
-        check_text(value, field)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise invalid(f"{field}: numbers must be finite (no NaN or Infinity)", field)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not MIN_JSON_INT <= value <= MAX_JSON_INT:
-            raise invalid(f"{field}: integers must fit in a signed 64-bit integer", field)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_json(item, _child(path, index), depth + 1)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_text(key, f"{field} (a key)")
-            check_json(item, _child(path, key), depth + 1)
 
 
 def parse_json_body(body: bytes) -> Any:

@@ -25,7 +25,7 @@ from schemathesis.core import NOT_SET
 from schemathesis.generation import GenerationMode
 from schemathesis.schemas import APIOperation
 
-from downcity.http.edge import MAX_JSON_DEPTH
+from downcity.store.values import MAX_JSON_DEPTH
 from tests.conftest import TEST_ADMIN_KEY
 from tests.unit.http.fakes import CANARY_KEY, CITY_ID, FAKE_KEY_ENV, App
 

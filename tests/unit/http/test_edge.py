@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from downcity.http.edge import MAX_JSON_DEPTH
+from downcity.store.values import MAX_JSON_DEPTH
 from tests.unit.http.fakes import App, row_counts
 
 JSON = {"content-type": "application/json"}
