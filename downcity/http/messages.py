@@ -41,6 +41,15 @@ class ImageContent(_Open):
     image_url: ImageURL
 
 
+class InputImageContent(_Open):
+    """`{"type": "input_image", "image_url" | "file_id", "detail"?}`, the Responses API's image part."""
+
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class InputAudio(_Open):
     """Base64 audio and its format."""
 
@@ -78,7 +87,9 @@ class RefusalContent(_Open):
 
 
 TextParts = Annotated[list[TextContent], Field(min_length=1)]
-UserPart = Annotated[TextContent | ImageContent | AudioContent | FileContent, Field(discriminator="type")]
+UserPart = Annotated[
+    TextContent | ImageContent | InputImageContent | AudioContent | FileContent, Field(discriminator="type")
+]
 AssistantPart = Annotated[TextContent | RefusalContent, Field(discriminator="type")]
 
 

@@ -79,7 +79,7 @@ class FakeProvider(Provider):
 
     async def image_fetch(self, ctx: Context) -> ImageJobResult:
         """The fake job never finishes."""
-        return ImageJobResult(job_id=str(ctx.job["provider_job_id"] if ctx.job else ""), status="running")
+        return ImageJobResult(job_id="up", status="running", poll_after_ms=60_000)
 
 
 def _price(ctx: Context, output: Any) -> ChargeDraft:

@@ -22,6 +22,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.core import NOT_SET
+from schemathesis.core.errors import InvalidSchema
 from schemathesis.generation import GenerationMode
 from schemathesis.schemas import APIOperation
 
@@ -101,8 +102,9 @@ def generate(operation: APIOperation, mode: GenerationMode, count: int) -> list[
     def collect(case: Any) -> None:
         cases.append(case)
 
-    # An operation without parameters or body has no invalid case to make.
-    with contextlib.suppress(Unsatisfiable):
+    # An operation without parameters or body has no invalid case to make, and schemathesis cannot make
+    # some invalid arrays (a required one-item list): keep what it generated until then.
+    with contextlib.suppress(Unsatisfiable, InvalidSchema):
         collect()
     return cases[:count]
 

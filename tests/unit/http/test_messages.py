@@ -119,6 +119,17 @@ async def test_ui_messages_reach_the_upstream_as_openai_messages(app: App) -> No
     ]
 
 
+async def test_an_input_image_part_is_taken_as_an_image(app: App) -> None:
+    content = [{"type": "text", "text": "what?"}, {"type": "input_image", "image_url": "https://x.test/a.png"}]
+    async with app.user() as client:
+        response = await client.post(
+            "/v1/ai/chat/completions", json={"messages": [{"role": "user", "content": content}]}
+        )
+
+    assert response.status_code == 200
+    assert app.upstream.calls[0]["messages"] == [{"role": "user", "content": content}]
+
+
 async def test_chat_messages_with_tool_calls_and_vendor_fields_pass_through_unchanged(app: App) -> None:
     messages = [
         {"role": "system", "content": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]},
