@@ -10,6 +10,8 @@ from typing import Any
 DEFAULT_DATA_DIR = Path(".downcity")
 DEFAULT_TOKEN_TTL_S = 7 * 24 * 3600
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
+# How far a token's `iat` may run ahead of the verifying replica's clock.
+MAX_CLOCK_SKEW_S = 30
 DEFAULT_IMAGE_MAX_PENDING_MS = 2 * 3600 * 1000
 DEFAULT_IMAGE_POLL_INTERVAL_MS = 1_000
 DEFAULT_IMAGE_BACKOFF_BASE_MS = 500
@@ -19,6 +21,11 @@ DEFAULT_IMAGE_LEASE_MS = 90_000
 # A hold's TTL: live calls renew theirs every third of it, so only an abandoned hold expires, within minutes.
 DEFAULT_HOLD_EXPIRY_S = 120
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# Money bounds, so no sum of ledger amounts can overflow a 64-bit column: one credit or debit at most
+# MAX_AMOUNT_MICROCREDITS, a balance credited up to MAX_BALANCE_MICROCREDITS (about a ninth of 2^63).
+MAX_AMOUNT_MICROCREDITS = 10**15
+MAX_BALANCE_MICROCREDITS = 10**18
+MAX_ENTRY_ID = 2**63 - 1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -33,6 +40,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     database_url: str | None = None
     master_key: str | None = None
+    master_key_file: Path | None = None
     admin_key: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S
@@ -54,6 +62,12 @@ class Settings:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'downcity.db').resolve()}"
 
+    @property
+    def default_master_key_file(self) -> Path:
+        """Where the generated master key goes: beside the data dir, not in it, so a backup of one lacks the other."""
+        data_dir = self.data_dir.resolve()
+        return data_dir.with_name(f"{data_dir.name}-master.key")
+
     @classmethod
     def with_env_secrets(cls, values: dict[str, Any]) -> Settings:
         """Settings from plain deployment args, with the master and admin keys from this process's env."""
@@ -61,6 +75,8 @@ class Settings:
         data["data_dir"] = Path(data.get("data_dir", DEFAULT_DATA_DIR))
         data["ready_requires_env"] = tuple(data.get("ready_requires_env", ()))
         data["master_key"] = os.environ.get("DOWNCITY_MASTER_KEY") or None
+        key_file = data.get("master_key_file") or os.environ.get("DOWNCITY_MASTER_KEY_FILE")
+        data["master_key_file"] = Path(key_file) if key_file else None
         data["admin_key"] = os.environ.get("DOWNCITY_ADMIN_KEY") or None
         return cls(**data)
 
@@ -71,6 +87,7 @@ class Settings:
             data_dir=Path(os.environ.get("DOWNCITY_DATA_DIR", str(DEFAULT_DATA_DIR))),
             database_url=os.environ.get("DOWNCITY_DATABASE_URL") or None,
             master_key=os.environ.get("DOWNCITY_MASTER_KEY") or None,
+            master_key_file=Path(key_file) if (key_file := os.environ.get("DOWNCITY_MASTER_KEY_FILE")) else None,
             admin_key=os.environ.get("DOWNCITY_ADMIN_KEY") or None,
             max_body_bytes=_env_int("DOWNCITY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
             hold_expiry_s=_env_int("DOWNCITY_HOLD_EXPIRY_S", DEFAULT_HOLD_EXPIRY_S),

@@ -2,14 +2,14 @@
 
 Every failure becomes a `DowncityHTTPError`: an upstream 4xx/5xx is 502 `upstream_error`, a timeout 504
 `upstream_timeout`, a connection failure 502 `upstream_unavailable`, unparseable JSON or SSE 502
-`upstream_malformed`. Messages carry the upstream status, never the API key or the upstream body.
+`upstream_malformed`. Messages carry the upstream status and, when it is one of `UPSTREAM_ERROR_CODES`, the
+upstream's error code: never its message, body or any other text, which may echo the API key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -20,7 +20,33 @@ from downcity.ai.messages import build_assistant_message, read_openai_compatible
 from downcity.errors import DowncityHTTPError, upstream_error, upstream_timeout
 from downcity.types import ToolCallPart, UIMessage, Usage
 
-_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# OpenAI's documented error codes and types, common OpenAI-compatible ones and the demo upstream's injected
+# fault: the only upstream text a caller may see.
+UPSTREAM_ERROR_CODES = frozenset(
+    {
+        "api_error",
+        "authentication_error",
+        "content_filter",
+        "content_policy_violation",
+        "context_length_exceeded",
+        "demo_fault",
+        "insufficient_quota",
+        "invalid_api_key",
+        "invalid_prompt",
+        "invalid_request_error",
+        "invalid_value",
+        "model_not_found",
+        "not_found_error",
+        "overloaded_error",
+        "permission_error",
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "server_error",
+        "string_above_max_length",
+        "unsupported_parameter",
+        "unsupported_value",
+    }
+)
 
 
 def upstream_malformed(message: str) -> DowncityHTTPError:
@@ -41,13 +67,14 @@ def _mapped_transport_errors() -> Iterator[None]:
 
 
 def _status_error(response: httpx.Response) -> DowncityHTTPError:
-    code = None
+    candidates: list[object] = []
     try:
         error = response.json().get("error")
-        code = error.get("code") or error.get("type")
+        candidates = [error.get("code"), error.get("type")]
     except (ValueError, AttributeError):
         pass
-    detail = f" ({code})" if isinstance(code, str) and _SAFE_CODE.match(code) else ""
+    code = next((c for c in candidates if isinstance(c, str) and c in UPSTREAM_ERROR_CODES), None)
+    detail = f" ({code})" if code else ""
     return upstream_error(f"upstream returned HTTP {response.status_code}{detail}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from downcity.secrets import MasterKey
+from downcity.settings import MAX_CLOCK_SKEW_S, MAX_TOKEN_TTL_S
 from downcity.store import versions
 from downcity.store.database import Database, now_ms
 from downcity.store.schema import signing_keys
@@ -33,20 +35,33 @@ def _aad(kid: str) -> bytes:
     return f"signing_key:{kid}".encode()
 
 
+# A retired key signed its last token at retirement (give or take the skew), and that token expires at most
+# MAX_TOKEN_TTL_S later: past then the key verifies nothing it could have signed.
+RETIRED_KEY_LIFETIME_MS = (MAX_TOKEN_TTL_S + MAX_CLOCK_SKEW_S) * 1000
+
+
 @dataclass(frozen=True)
-class _PublicKey:
+class VerificationKey:
+    """A public key, and when it was retired (None while active)."""
+
     kid: str
     x: str
     key: Ed25519PublicKey
+    retired_at_ms: int | None
+
+    def usable_at(self, ms: int) -> bool:
+        """Whether a token it signed could still be unexpired at `ms`."""
+        return self.retired_at_ms is None or ms < self.retired_at_ms + RETIRED_KEY_LIFETIME_MS
 
 
 class KeyRing(versions.VersionedCache):
-    """The active signing key plus every retired key, which keeps verifying the tokens it signed."""
+    """The active signing key plus the retired keys whose tokens may not have expired yet."""
 
-    def __init__(self, db: Database, master_key: MasterKey) -> None:
+    def __init__(self, db: Database, master_key: MasterKey, *, clock: Callable[[], int] = now_ms) -> None:
         super().__init__(db, KEYS_VERSION)
         self._master_key = master_key
-        self._public: dict[str, _PublicKey] = {}
+        self._clock = clock
+        self._public: dict[str, VerificationKey] = {}
         self._signing: tuple[str, Ed25519PrivateKey] | None = None
 
     async def ensure_active(self) -> str:
@@ -61,7 +76,7 @@ class KeyRing(versions.VersionedCache):
         return kid
 
     async def rotate(self) -> str:
-        """Make a new key active; the previous one is retired but still verifies."""
+        """Make a new key active; the previous one is retired and verifies until its last token expires."""
         async with self.db.begin() as conn:
             await versions.bump(conn, KEYS_VERSION)
             await conn.execute(
@@ -96,11 +111,12 @@ class KeyRing(versions.VersionedCache):
         )
         async with self.db.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        public: dict[str, _PublicKey] = {}
+        public: dict[str, VerificationKey] = {}
         signing: tuple[str, Ed25519PrivateKey] | None = None
         for row in rows:
             key = Ed25519PublicKey.from_public_bytes(_unb64(row.public_key))
-            public[row.kid] = _PublicKey(row.kid, row.public_key, key)
+            retired_at_ms = row.retired_at_ms if row.status == RETIRED else None
+            public[row.kid] = VerificationKey(row.kid, row.public_key, key, retired_at_ms)
             if row.status == ACTIVE and signing is None:
                 raw = self._master_key.decrypt(row.private_key_enc, aad=_aad(row.kid))
                 signing = (row.kid, Ed25519PrivateKey.from_private_bytes(raw))
@@ -112,17 +128,19 @@ class KeyRing(versions.VersionedCache):
             raise RuntimeError("no active signing key is loaded: call KeyRing.ensure_active first")
         return self._signing
 
-    def public_key(self, kid: str) -> Ed25519PublicKey | None:
-        """The cached verification key for `kid`, active or retired."""
+    def public_key(self, kid: str) -> VerificationKey | None:
+        """The cached verification key for `kid`: active, or retired recently enough to verify anything."""
         entry = self._public.get(kid)
-        return entry.key if entry is not None else None
+        return entry if entry is not None and entry.usable_at(self._clock()) else None
 
     def jwks(self) -> dict[str, Any]:
-        """Every verification key as an RFC 8037 JWK set, the active key first."""
+        """Every usable verification key as an RFC 8037 JWK set, the active key first."""
+        now = self._clock()
         return {
             "keys": [
                 {"kty": "OKP", "crv": "Ed25519", "x": k.x, "kid": k.kid, "alg": "EdDSA", "use": "sig"}
                 for k in self._public.values()
+                if k.usable_at(now)
             ]
         }
 

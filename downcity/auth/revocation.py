@@ -7,7 +7,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from downcity.errors import invalid
-from downcity.settings import MAX_TOKEN_TTL_S
+from downcity.settings import MAX_CLOCK_SKEW_S, MAX_TOKEN_TTL_S
 from downcity.store import versions
 from downcity.store.database import Database, now_ms
 from downcity.store.schema import revoked_tokens
@@ -66,9 +66,9 @@ class RevocationCache(versions.VersionedCache):
         self._user_cutoffs: dict[tuple[str | None, str], int] = {}
 
     async def _reload(self) -> None:
-        # A token lives at most MAX_TOKEN_TTL_S and is revoked after it is issued, so older
-        # revocations can only match tokens that have already expired.
-        since_ms = self._clock() - MAX_TOKEN_TTL_S * 1000
+        # The verifier accepts only tokens with `exp - iat` <= MAX_TOKEN_TTL_S and `iat` at most the skew
+        # ahead, so a revocation older than that can only match tokens that have already expired.
+        since_ms = self._clock() - (MAX_TOKEN_TTL_S + MAX_CLOCK_SKEW_S) * 1000
         stmt = select(
             revoked_tokens.c.jti,
             revoked_tokens.c.city_id,

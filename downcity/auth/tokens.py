@@ -16,7 +16,7 @@ from downcity.auth.keyring import KeyRing
 from downcity.auth.revocation import RevocationCache
 from downcity.cities import CityStore, ms_to_iso
 from downcity.errors import DowncityHTTPError, invalid
-from downcity.settings import DEFAULT_TOKEN_TTL_S, MAX_TOKEN_TTL_S
+from downcity.settings import DEFAULT_TOKEN_TTL_S, MAX_CLOCK_SKEW_S, MAX_TOKEN_TTL_S
 from downcity.store.database import now_ms
 
 ISSUER = "downcity"
@@ -184,11 +184,25 @@ class TokenVerifier:
         try:
             payload = jwt.decode(
                 token,
-                key,
+                key.key,
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
                 options={"require": _REQUIRED_CLAIMS, "verify_exp": False, "verify_iat": False},
             )
-            return UserClaims.model_validate(payload)
+            claims = UserClaims.model_validate(payload)
         except (jwt.PyJWTError, ValidationError):
             raise token_error("token_invalid", "the user token signature or claims are invalid") from None
+        self._check_lifetime(claims, key.retired_at_ms)
+        return claims
+
+    def _check_lifetime(self, claims: UserClaims, retired_at_ms: int | None) -> None:
+        # A validly signed token still has to be one the issuer could have made: no longer-lived than the
+        # maximum TTL, not issued in the future (it would outrun later user revocations), and not issued by
+        # a key after it was retired. Each only gets more true with time, so checking once per decode holds.
+        if claims.exp - claims.iat > MAX_TOKEN_TTL_S:
+            raise token_error("token_invalid", f"the user token lives longer than {MAX_TOKEN_TTL_S} seconds")
+        skew_ms = MAX_CLOCK_SKEW_S * 1000
+        if claims.iat_ms > self._clock() + skew_ms:
+            raise token_error("token_invalid", "the user token is issued in the future")
+        if retired_at_ms is not None and claims.iat_ms > retired_at_ms + skew_ms:
+            raise token_error("token_invalid", "the user token was signed after its key was retired")

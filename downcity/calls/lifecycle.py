@@ -30,6 +30,7 @@ from downcity.calls.sse import DONE, error_frame, frame, frames
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import USAGE_CHUNK_TYPE
 from downcity.runtime import Runtime
+from downcity.secrets import SCRUBBER
 from downcity.types import ChargeDraft
 
 # A stream longer than this is not stored for replay; its replays get 409 `idempotency_stream_replay`.
@@ -291,8 +292,8 @@ async def _chat_stream(state: _StreamState) -> AsyncIterator[bytes]:
         yield tail
     except DowncityHTTPError as error:
         if not state.done:
-            ending = b"data: " + json.dumps(error.to_body(), ensure_ascii=False, separators=(",", ":")).encode()
-            ending += b"\n\n"
+            event = json.dumps(error.to_body(), ensure_ascii=False, separators=(",", ":"))
+            ending = b"data: " + SCRUBBER.scrub(event).encode() + b"\n\n"
             await state.end_early(error, ending)
             yield ending
     finally:

@@ -26,8 +26,10 @@ from downcity.errors import DowncityHTTPError, conflict
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import idempotency_claims, usage_records
+from downcity.store.values import check_json
 
 IN_FLIGHT = "in_flight"
+UNSTORABLE = "unstorable"
 DONE = "done"
 # The longest a client key may be; it is hashed, so this bounds only what a client may send.
 MAX_KEY_LENGTH = 255
@@ -91,6 +93,15 @@ def _in_flight(expires_at_ms: int, now: int) -> DowncityHTTPError:
     )
 
 
+def _unavailable() -> DowncityHTTPError:
+    return DowncityHTTPError(
+        409,
+        "idempotency_result_unavailable",
+        "the request with this Idempotency-Key completed but its answer could not be stored",
+        "Idempotency-Key",
+    )
+
+
 class ClaimStore:
     """Reads and conditional writes of `idempotency_claims`; each is one atomic statement."""
 
@@ -126,6 +137,8 @@ class ClaimStore:
         if existing.request_hash != scope.request_hash:
             raise conflict("Idempotency-Key was already used for a different request")
         if existing.state == DONE:
+            if existing.body.get(UNSTORABLE):
+                raise _unavailable()
             return Replay(int(existing.status_code), dict(existing.body))
         if existing.expires_at_ms > now:
             raise _in_flight(existing.expires_at_ms, now)
@@ -135,15 +148,14 @@ class ClaimStore:
         """Claim a key whose owner stopped renewing it; refuse when that owner already charged the call."""
         async with self.db.connect() as conn:
             ended = (
-                await conn.execute(select(usage_records.c.status).where(usage_records.c.request_id == previous))
+                await conn.execute(
+                    select(usage_records.c.status, usage_records.c.charge_microcredits).where(
+                        usage_records.c.request_id == previous
+                    )
+                )
             ).first()
-        if ended is not None and ended.status == "ok":
-            raise DowncityHTTPError(
-                409,
-                "idempotency_result_unavailable",
-                "the request with this Idempotency-Key completed but its answer was not stored",
-                "Idempotency-Key",
-            )
+        if ended is not None and (ended.status == "ok" or ended.charge_microcredits > 0):
+            raise _unavailable()
         statement = (
             update(idempotency_claims)
             .where(
@@ -161,7 +173,13 @@ class ClaimStore:
         return await self.claim(scope, owner, until_ms - now_ms())
 
     async def complete(self, key: str, owner: str, status_code: int, body: dict[str, Any]) -> None:
-        """Store the owner's answer; replays return it from now on."""
+        """Store the owner's answer; replays return it from now on (or, if no database can hold it, 409)."""
+        try:
+            check_json(body)
+        except DowncityHTTPError:
+            # An upstream answer with NUL or a lone surrogate was already delivered and paid for; it cannot be
+            # stored, so its replays get `idempotency_result_unavailable` instead of a second charge.
+            body = {UNSTORABLE: True}
         statement = (
             update(idempotency_claims)
             .where(idempotency_claims.c.key_hash == key, idempotency_claims.c.owner == owner)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from downcity.secrets import SCRUBBER
+
 UI_STREAM_HEADERS = {
     "x-vercel-ai-ui-message-stream": "v1",
     "cache-control": "no-cache",
@@ -24,5 +26,5 @@ def frames(chunks: list[dict[str, Any]]) -> bytes:
 
 
 def error_frame(error_type: str, message: str) -> bytes:
-    """The error chunk that ends a failed stream (never followed by `finish`)."""
-    return frame({"type": "error", "errorText": f"{error_type}: {message}"})
+    """The error chunk that ends a failed stream (never followed by `finish`), with any configured secret scrubbed."""
+    return frame({"type": "error", "errorText": SCRUBBER.scrub(f"{error_type}: {message}")})

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from downcity.calls.metering import count_tokens
+from downcity.http.edge import EdgeRules
 from downcity.http.errors import install_error_handlers
 from downcity.http.limits import BodySizeLimit
 from downcity.http.routes import ai, balance, cities, env, images, jobs, public, tokens, usage
 from downcity.runtime import Runtime
+from downcity.secrets import SCRUBBER, SecretSource, install_log_scrubbing
+
+
+def _secrets_of(runtime: Runtime) -> SecretSource:
+    """The admin key, the master key and every provider's keys as this runtime currently holds them."""
+    ref = weakref.ref(runtime)
+
+    def secrets() -> list[str | None]:
+        live = ref()
+        if live is None:
+            return []
+        names = {name for p in live.federation.providers.values() for name in (*p.env, p.env_key) if name}
+        settings = live.settings
+        return [settings.admin_key, settings.master_key, live.master_key.encoded(), *map(live.env.get, names)]
+
+    return secrets
 
 
 def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
@@ -32,8 +50,14 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
 
     app = FastAPI(title="Downcity", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.runtime = runtime
+    source = _secrets_of(runtime)
+    SCRUBBER.add_source(source)
+    weakref.finalize(runtime, SCRUBBER.remove_source, source)
+    install_log_scrubbing()
     install_error_handlers(app)
     for module in (public, ai, images, balance, cities, tokens, env, usage, jobs):
         app.include_router(module.router)
+    # Added last runs first: the size cap, then the edge rule, then the routes.
+    app.add_middleware(EdgeRules)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)
     return app

@@ -40,10 +40,11 @@ class Database:
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(url)
+            # hide_parameters: a statement's parameters are user data (and key material); errors never print them.
+            self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         elif self.dialect == "postgresql":
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True)
         else:
             raise ValueError(f"unsupported database {self.dialect!r}: use postgresql+asyncpg or sqlite+aiosqlite")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import stat
 from pathlib import Path
 
@@ -66,21 +67,54 @@ def test_malformed_env_key_error_names_the_variable(tmp_path: Path, bad: str) ->
         MasterKey.load(Settings(data_dir=tmp_path, master_key=bad))
 
 
-def test_key_file_is_created_with_owner_only_permissions(tmp_path: Path) -> None:
+def test_key_file_is_created_beside_the_data_dir_not_in_it_with_owner_only_permissions(tmp_path: Path) -> None:
     data_dir = tmp_path / "nested" / "data"
     MasterKey.load(Settings(data_dir=data_dir))
-    path = data_dir / "master.key"
+    path = tmp_path / "nested" / "data-master.key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(base64.urlsafe_b64decode(path.read_text().strip())) == 32
-    assert sorted(p.name for p in data_dir.iterdir()) == ["master.key"]
+    assert sorted(p.name for p in (tmp_path / "nested").iterdir()) == ["data-master.key"]
 
 
 def test_key_file_is_reused_by_later_loads(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path / "data")
     blob = MasterKey.load(settings).encrypt(b"value", aad=b"a")
-    before = (tmp_path / "master.key").read_text()
+    before = (tmp_path / "data-master.key").read_text()
     assert MasterKey.load(settings).decrypt(blob, aad=b"a") == b"value"
-    assert (tmp_path / "master.key").read_text() == before
+    assert (tmp_path / "data-master.key").read_text() == before
+
+
+def test_the_key_file_named_by_the_environment_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOWNCITY_MASTER_KEY_FILE", str(tmp_path / "secrets" / "downcity.key"))
+    monkeypatch.setenv("DOWNCITY_DATA_DIR", str(tmp_path / "data"))
+    MasterKey.load(Settings.from_env())
+    assert stat.S_IMODE((tmp_path / "secrets" / "downcity.key").stat().st_mode) == 0o600
+    assert not (tmp_path / "data-master.key").exists()
+
+
+def test_a_key_file_left_in_the_data_dir_is_still_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    legacy = tmp_path / "data" / "master.key"
+    legacy.parent.mkdir()
+    legacy.write_text(base64.urlsafe_b64encode(KEY).decode() + "\n")
+    blob = MasterKey(KEY).encrypt(b"value", aad=b"a")
+    with caplog.at_level(logging.WARNING, logger="downcity.secrets"):
+        loaded = MasterKey.load(Settings(data_dir=tmp_path / "data"))
+    assert loaded.decrypt(blob, aad=b"a") == b"value"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the master key file {legacy} is beside the SQLite database {tmp_path / 'data' / 'downcity.db'}, so a copy "
+        "of that directory holds both: set DOWNCITY_MASTER_KEY, or DOWNCITY_MASTER_KEY_FILE to a path outside it"
+    ]
+
+
+def test_no_warning_when_the_key_file_is_apart_from_the_database(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="downcity.secrets"):
+        MasterKey.load(Settings(data_dir=tmp_path / "data"))
+        MasterKey.load(Settings(data_dir=tmp_path / "pg", database_url="postgresql+asyncpg://db/downcity"))
+    assert caplog.records == []
 
 
 def test_malformed_key_file_error_names_the_file(tmp_path: Path) -> None:

@@ -12,9 +12,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from downcity.cities import CITY_ID_PATTERN
+from downcity.errors import DowncityHTTPError
 from downcity.http.deps import AdminDep, CallerDep, RuntimeDep
 from downcity.ledger import Balance, LedgerEntry
 from downcity.runtime import Runtime
+from downcity.settings import MAX_AMOUNT_MICROCREDITS, MAX_BALANCE_MICROCREDITS, MAX_ENTRY_ID
 
 router = APIRouter(prefix="/v1/balance")
 
@@ -24,7 +26,7 @@ class BalanceChange(BaseModel):
 
     city_id: str = Field(pattern=CITY_ID_PATTERN.pattern)
     user_id: str = Field(min_length=1, max_length=200)
-    amount_microcredits: int = Field(gt=0, le=10**15, strict=True)
+    amount_microcredits: int = Field(gt=0, le=MAX_AMOUNT_MICROCREDITS, strict=True)
     idempotency_key: str = Field(min_length=1, max_length=180)
     note: str | None = Field(default=None, max_length=1000)
 
@@ -54,8 +56,12 @@ async def my_balance(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 
 @router.post("/credit")
 async def credit(body: BalanceChange, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """Top up an account; replays of the same key return the first entry."""
+    """Top up an account up to the balance cap; replays of the same key return the first entry."""
     account = _account(runtime, body.city_id, body.user_id)
+    balance = await runtime.ledger.balance(account)
+    if balance.balance + body.amount_microcredits > MAX_BALANCE_MICROCREDITS:
+        message = f"a balance may hold at most {MAX_BALANCE_MICROCREDITS} microcredits; this credit would exceed it"
+        raise DowncityHTTPError(422, "balance_cap_exceeded", message, "amount_microcredits")
     entry = await runtime.ledger.credit(f"admin:{body.idempotency_key}", account, body.amount_microcredits, body.note)
     return _entry(entry, body.city_id, body.user_id)
 
@@ -81,7 +87,7 @@ async def history(
     runtime: RuntimeDep,
     _: AdminDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=MAX_ENTRY_ID)] = None,
 ) -> dict[str, Any]:
     """An account's ledger entries, newest first."""
     entries = await runtime.ledger.history(_account(runtime, city_id, user_id), limit=limit, before_id=before_id)

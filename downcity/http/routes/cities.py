@@ -39,11 +39,15 @@ async def list_cities(runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
 
 @router.post("/pause")
 async def pause_city(body: CityRef, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """Pause a city: its calls are refused on every replica within ~1 s."""
-    return (await runtime.cities.pause(body.city_id)).model_dump()
+    """Pause a city: refused at once on this replica, on every other within ~1 s."""
+    city = await runtime.cities.pause(body.city_id)
+    await runtime.city_cache.refresh()
+    return city.model_dump()
 
 
 @router.post("/activate")
 async def activate_city(body: CityRef, runtime: RuntimeDep, _: AdminDep) -> dict[str, Any]:
-    """Activate a paused city."""
-    return (await runtime.cities.activate(body.city_id)).model_dump()
+    """Activate a paused city: served at once on this replica, on every other within ~1 s."""
+    city = await runtime.cities.activate(body.city_id)
+    await runtime.city_cache.refresh()
+    return city.model_dump()

@@ -6,12 +6,13 @@ import asyncio
 import base64
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 
 from downcity.auth import KeyRing
+from downcity.auth.keyring import RETIRED_KEY_LIFETIME_MS
 from downcity.secrets import MasterKey
 from downcity.store import Database, versions
+from downcity.store.database import now_ms
 from downcity.store.schema import signing_keys
 
 
@@ -39,7 +40,7 @@ async def test_signing_key_matches_the_published_public_key(keyring: KeyRing) ->
     public = keyring.public_key(kid)
     assert signing_kid == kid
     assert public is not None
-    public.verify(private.sign(b"message"), b"message")
+    public.key.verify(private.sign(b"message"), b"message")
 
 
 async def test_private_key_is_stored_encrypted(db: Database, keyring: KeyRing) -> None:
@@ -74,8 +75,8 @@ async def test_a_retired_key_still_verifies(keyring: KeyRing) -> None:
     _, old_private = keyring.signing_key()
     await keyring.rotate()
     public = keyring.public_key(old)
-    assert isinstance(public, Ed25519PublicKey)
-    public.verify(old_private.sign(b"message"), b"message")
+    assert public is not None
+    public.key.verify(old_private.sign(b"message"), b"message")
     assert [k["kid"] for k in keyring.jwks()["keys"]][1] == old
 
 
@@ -117,3 +118,36 @@ async def test_unknown_kid_has_no_public_key(keyring: KeyRing) -> None:
 async def test_signing_key_before_loading_is_an_error(keyring: KeyRing) -> None:
     with pytest.raises(RuntimeError, match="ensure_active"):
         keyring.signing_key()
+
+
+class Clock:
+    """A settable clock in epoch milliseconds."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+async def test_a_retired_key_stops_verifying_once_every_token_it_signed_has_expired(
+    db: Database, master_key: MasterKey
+) -> None:
+    clock = Clock(now_ms())
+    keyring = KeyRing(db, master_key, clock=clock)
+    old = await keyring.ensure_active()
+    await keyring.rotate()
+    async with db.connect() as conn:
+        retired_at_ms = (
+            await conn.execute(select(signing_keys.c.retired_at_ms).where(signing_keys.c.kid == old))
+        ).scalar_one()
+
+    clock.ms = retired_at_ms + RETIRED_KEY_LIFETIME_MS - 1
+    still = keyring.public_key(old)
+    in_jwks = [k["kid"] for k in keyring.jwks()["keys"]]
+    clock.ms += 1
+
+    assert still is not None and still.retired_at_ms == retired_at_ms
+    assert old in in_jwks
+    assert keyring.public_key(old) is None
+    assert old not in [k["kid"] for k in keyring.jwks()["keys"]]

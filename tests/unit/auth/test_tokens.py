@@ -15,7 +15,7 @@ from downcity.auth import KeyRing, RevocationCache, RevocationStore, TokenIssuer
 from downcity.cities import CityStore
 from downcity.errors import DowncityHTTPError
 from downcity.secrets import MasterKey
-from downcity.settings import DEFAULT_TOKEN_TTL_S, MAX_TOKEN_TTL_S
+from downcity.settings import DEFAULT_TOKEN_TTL_S, MAX_CLOCK_SKEW_S, MAX_TOKEN_TTL_S
 from downcity.store import Database
 from downcity.store.database import now_ms
 
@@ -358,3 +358,53 @@ async def test_claims_returned_from_the_cache_are_independent_copies(auth: Auth)
     issued = await auth.issuer.apply(CITY, "user-1", metadata={"plan": "pro"})
     auth.verifier.verify(issued.user_token).metadata["plan"] = "changed"
     assert auth.verifier.verify(issued.user_token).metadata == {"plan": "pro"}
+
+
+async def test_a_validly_signed_token_living_longer_than_the_maximum_ttl_is_refused(auth: Auth) -> None:
+    kid, key = auth.keyring.signing_key()
+    payload = _valid_payload()
+    payload["exp"] = int(payload["iat"]) + 10 * 365 * 24 * 3600
+    with pytest.raises(DowncityHTTPError) as caught:
+        auth.verifier.verify(_sign(payload, key, kid))
+    assert _error(caught) == (401, "token_invalid", None)
+    assert caught.value.message == f"the user token lives longer than {MAX_TOKEN_TTL_S} seconds"
+
+
+async def test_a_token_living_exactly_the_maximum_ttl_verifies(auth: Auth) -> None:
+    kid, key = auth.keyring.signing_key()
+    payload = _valid_payload()
+    payload["iat"] = int(payload["iat"])
+    payload["exp"] = payload["iat"] + MAX_TOKEN_TTL_S
+    assert auth.verifier.verify(_sign(payload, key, kid)).jti == "jti-1"
+
+
+async def test_a_token_issued_past_the_clock_skew_is_refused(auth: Auth) -> None:
+    clock = Clock(now_ms())
+    verifier = TokenVerifier(auth.keyring, auth.revocation_cache, clock=clock)
+    kid, key = auth.keyring.signing_key()
+    iat_ms = clock.ms + MAX_CLOCK_SKEW_S * 1000 + 1
+    payload = {**_valid_payload(), "iat": iat_ms / 1000, "exp": iat_ms // 1000 + 3600}
+    with pytest.raises(DowncityHTTPError) as caught:
+        verifier.verify(_sign(payload, key, kid))
+    assert _error(caught) == (401, "token_invalid", None)
+    assert caught.value.message == "the user token is issued in the future"
+
+
+async def test_a_token_issued_within_the_clock_skew_verifies(auth: Auth) -> None:
+    clock = Clock(now_ms())
+    verifier = TokenVerifier(auth.keyring, auth.revocation_cache, clock=clock)
+    issued = await auth.issuer_at(Clock(clock.ms + MAX_CLOCK_SKEW_S * 1000)).apply(CITY, "user-1")
+    assert verifier.verify(issued.user_token).user_id == "user-1"
+
+
+async def test_a_token_signed_by_a_key_after_its_retirement_is_refused(auth: Auth) -> None:
+    old_kid, old_key = auth.keyring.signing_key()
+    await auth.keyring.rotate()
+    later_ms = now_ms() + MAX_CLOCK_SKEW_S * 1000 + 1
+    clock = Clock(later_ms)
+    verifier = TokenVerifier(auth.keyring, auth.revocation_cache, clock=clock)
+    payload = {**_valid_payload(), "iat": later_ms / 1000, "exp": later_ms // 1000 + 3600}
+    with pytest.raises(DowncityHTTPError) as caught:
+        verifier.verify(_sign(payload, old_key, old_kid))
+    assert _error(caught) == (401, "token_invalid", None)
+    assert caught.value.message == "the user token was signed after its key was retired"

@@ -209,6 +209,14 @@ async def test_missing_api_key_is_503_naming_the_key() -> None:
             "upstream_error",
             "upstream returned HTTP 429 (rate_limit_exceeded)",
         ),
+        (httpx.Response(401, json={"error": {"code": KEY}}), 502, "upstream_error", "upstream returned HTTP 401"),
+        (
+            httpx.Response(401, json={"error": {"code": "key_" + KEY, "type": "authentication_error"}}),
+            502,
+            "upstream_error",
+            "upstream returned HTTP 401 (authentication_error)",
+        ),
+        (httpx.Response(400, json={"error": {"code": ["x"]}}), 502, "upstream_error", "upstream returned HTTP 400"),
         (
             httpx.Response(200, text="{not json"),
             502,
