@@ -117,3 +117,7 @@ class EnvCache(versions.VersionedCache):
         """The stored value of `key`, else the process environment's, else None."""
         stored = self._values.get(key)
         return stored if stored is not None else os.environ.get(key)
+
+    def stored_values(self) -> list[str]:
+        """Every stored value, declared by a provider or not: what error and log scrubbing must hide."""
+        return list(self._values.values())

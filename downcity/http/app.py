@@ -28,7 +28,14 @@ def _secrets_of(runtime: Runtime) -> SecretSource:
             return []
         names = {name for p in live.federation.providers.values() for name in (*p.env, p.env_key) if name}
         settings = live.settings
-        return [settings.admin_key, settings.master_key, live.master_key.encoded(), *map(live.env.get, names)]
+        declared = map(live.env.get, names)
+        return [
+            settings.admin_key,
+            settings.master_key,
+            live.master_key.encoded(),
+            *declared,
+            *live.env.stored_values(),
+        ]
 
     return secrets
 
