@@ -121,6 +121,13 @@ class DatabaseFactory:
     async def url(self, backend: str) -> str:
         return await (self.sqlite_url() if backend == "sqlite" else self.pg_url())
 
+    async def release(self, url: str) -> None:
+        """Drop a test's PostgreSQL database as the test ends (SQLite files go with the tmp dir)."""
+        name = url.rpartition("/")[2]
+        if name in self.pg_databases:
+            self.pg_databases.remove(name)
+            await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     async def drop_all(self) -> None:
         for name in reversed(self.pg_databases):
             await _pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -139,8 +146,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def database_url(database_factory: DatabaseFactory, backend: str) -> str:
-    return await database_factory.url(backend)
+async def database_url(database_factory: DatabaseFactory, backend: str) -> AsyncIterator[str]:
+    # Each test drops its own database, so the session's end does not drop hundreds at once.
+    url = await database_factory.url(backend)
+    yield url
+    await database_factory.release(url)
 
 
 @pytest.fixture
