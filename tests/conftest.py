@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from actors.serving import apply_throughput_mode
 from downcity.store import Database
 
-SERVE_SLOTS = 4
+SERVE_SLOTS = 6
 SERVE_SLOT_SPAN = 700
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.ray
 PROPAGATION_S = 2.0
 POLL_S = 0.05
 SERVED_KEY = "sk-example-key-123456"
-USER_OR_PUBLIC_PATHS = {"/health", "/.well-known/jwks.json", "/v1/balance/me", "/v1/usage/me"}
+USER_OR_PUBLIC_PATHS = {"/health", "/ready", "/.well-known/jwks.json", "/v1/balance/me", "/v1/usage/me"}
 
 
 @pytest.fixture
