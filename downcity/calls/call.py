@@ -202,15 +202,7 @@ class Call:
     async def _settle(self, pending: PendingSettle) -> int:
         """Settle with the Ledger, or, when it cannot be reached, durably in the outbox it drains; the charge."""
         try:
-            settled = await self.runtime.ledger.settle(
-                pending.key,
-                pending.user_id,
-                pending.amount,
-                ref=pending.ref,
-                note=pending.note,
-                metadata=pending.metadata,
-                usage=pending.usage,
-            )
+            settled = await pending.apply(self.runtime.ledger)
         except DowncityHTTPError as error:
             if error.status < 500:
                 raise

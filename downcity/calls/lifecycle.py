@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +206,12 @@ class _StreamState:
         else:
             await self.claim.complete({"too_large": True})
 
+    async def finish(self, tail: bytes) -> bytes:
+        """The call is settled: store the whole stream for replays, then hand back its final frame to send."""
+        self.done = True
+        await self.store(tail)
+        return tail
+
     async def end_early(self, error: DowncityHTTPError | None, tail: bytes = b"") -> None:
         """The stream stopped before its end: bill what was delivered, or release the hold if nothing was."""
         self.done = True
@@ -231,37 +237,30 @@ async def ui_stream(
     if claim.replay is not None:
         return _replayed_stream(claim.replay)
     call = await _begin(claim, runtime, caller, "stream", body)
-    return _ui_stream(_StreamState(call, claim, Delivery()))
+    state = _StreamState(call, claim, Delivery())
+    return _ended_once(state, _ui_stream(state), _ui_error)
 
 
-async def _ui_stream(state: _StreamState) -> AsyncIterator[bytes]:
+async def _ui_stream(state: _StreamState) -> AsyncGenerator[bytes, None]:
     call = state.call
-    try:
-        yield state.keep(frame({"type": "start", "messageId": call.request_id}))
-        async for batch in call.runtime.gateway.stream(call.model.provider.id, call.action_request()):
-            visible = []
-            for chunk in batch:
-                if chunk.get("type") == USAGE_CHUNK_TYPE:
-                    call.record_report(chunk.get("data", {}))
-                    continue
-                visible.append(chunk)
-            if visible:
-                data = state.keep(frames(visible))
-                state.delivery.add_ui_chunks(visible)
-                yield data
-        charge = await call.succeed(build_assistant_message(state.delivery.text, id=call.request_id))
-        tail = frame({"type": "finish", "messageMetadata": _call_metadata(call, charge)}) + DONE
-        state.done = True
-        await state.store(tail)
-        yield tail
-    except DowncityHTTPError as error:
-        if not state.done:
-            ending = error_frame(error.type, error.message)
-            await state.end_early(error, ending)
-            yield ending
-    finally:
-        if not state.done:
-            await asyncio.shield(state.end_early(None))
+    yield state.keep(frame({"type": "start", "messageId": call.request_id}))
+    async for batch in call.runtime.gateway.stream(call.model.provider.id, call.action_request()):
+        visible = []
+        for chunk in batch:
+            if chunk.get("type") == USAGE_CHUNK_TYPE:
+                call.record_report(chunk.get("data", {}))
+                continue
+            visible.append(chunk)
+        if visible:
+            data = state.keep(frames(visible))
+            state.delivery.add_ui_chunks(visible)
+            yield data
+    charge = await call.succeed(build_assistant_message(state.delivery.text, id=call.request_id))
+    yield await state.finish(frame({"type": "finish", "messageMetadata": _call_metadata(call, charge)}) + DONE)
+
+
+def _ui_error(error: DowncityHTTPError) -> bytes:
+    return error_frame(error.type, error.message)
 
 
 async def chat_stream(
@@ -272,30 +271,41 @@ async def chat_stream(
     if claim.replay is not None:
         return _replayed_stream(claim.replay)
     call = await _begin(claim, runtime, caller, "openai", body)
-    return _chat_stream(_StreamState(call, claim, Delivery()))
+    state = _StreamState(call, claim, Delivery())
+    return _ended_once(state, _chat_stream(state), _chat_error)
 
 
-async def _chat_stream(state: _StreamState) -> AsyncIterator[bytes]:
+async def _chat_stream(state: _StreamState) -> AsyncGenerator[bytes, None]:
     call = state.call
+    async for item in call.runtime.gateway.openai_stream(call.model.provider.id, call.action_request()):
+        if isinstance(item, dict):
+            call.record_report(item)
+            continue
+        data = state.delivery.add_openai_bytes(item)
+        if data:
+            yield state.keep(data)
+    await call.succeed(None)
+    yield await state.finish(state.delivery.held_back())
+
+
+def _chat_error(error: DowncityHTTPError) -> bytes:
+    event = json.dumps(error.to_body(), ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + SCRUBBER.scrub(event).encode() + b"\n\n"
+
+
+async def _ended_once(
+    state: _StreamState, body: AsyncGenerator[bytes, None], error_event: Callable[[DowncityHTTPError], bytes]
+) -> AsyncIterator[bytes]:
+    """A stream's bytes, ended exactly once: its own final frame, an error event, or billing what it delivered."""
     try:
-        async for item in call.runtime.gateway.openai_stream(call.model.provider.id, call.action_request()):
-            if isinstance(item, dict):
-                call.record_report(item)
-                continue
-            data = state.delivery.add_openai_bytes(item)
-            if data:
-                yield state.keep(data)
-        await call.succeed(None)
-        tail = state.delivery.held_back()
-        state.done = True
-        await state.store(tail)
-        yield tail
+        async for data in body:
+            yield data
     except DowncityHTTPError as error:
         if not state.done:
-            event = json.dumps(error.to_body(), ensure_ascii=False, separators=(",", ":"))
-            ending = b"data: " + SCRUBBER.scrub(event).encode() + b"\n\n"
+            ending = error_event(error)
             await state.end_early(error, ending)
             yield ending
     finally:
+        await body.aclose()
         if not state.done:
             await asyncio.shield(state.end_early(None))

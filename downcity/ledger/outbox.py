@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from downcity.errors import DowncityHTTPError
-from downcity.ledger.types import LedgerPort
+from downcity.ledger.types import LedgerPort, SettleResult
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import settle_outbox
@@ -39,6 +39,18 @@ class PendingSettle:
     note: str | None
     metadata: dict[str, Any] | None
     usage: dict[str, Any] | None
+
+    async def apply(self, ledger: LedgerPort) -> SettleResult:
+        """Settle it with `ledger` (idempotent under its key)."""
+        return await ledger.settle(
+            self.key,
+            self.user_id,
+            self.amount,
+            ref=self.ref,
+            note=self.note,
+            metadata=self.metadata,
+            usage=self.usage,
+        )
 
 
 class Outbox:
@@ -87,15 +99,7 @@ class Outbox:
             if not owns(pending.user_id):
                 continue
             try:
-                await ledger.settle(
-                    pending.key,
-                    pending.user_id,
-                    pending.amount,
-                    ref=pending.ref,
-                    note=pending.note,
-                    metadata=pending.metadata,
-                    usage=pending.usage,
-                )
+                await pending.apply(ledger)
             except DowncityHTTPError as refused:
                 if refused.status >= 500:
                     logger.warning("outbox settle %r failed (%r); kept for the next drain", pending.key, refused)
