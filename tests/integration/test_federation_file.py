@@ -74,7 +74,12 @@ def served(demo_upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             admin = {"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
             with httpx.Client(base_url=url, headers=admin, timeout=30) as client:
                 client.post("/v1/cities/create", json={"name": "YAML app", "city_id": "yaml"}).raise_for_status()
-                credit = {"user_id": "u1", "amount_microcredits": CREDIT, "idempotency_key": "seed-u1"}
+                credit = {
+                    "city_id": "yaml",
+                    "user_id": "u1",
+                    "amount_microcredits": CREDIT,
+                    "idempotency_key": "seed-u1",
+                }
                 client.post("/v1/balance/credit", json=credit).raise_for_status()
                 issued = client.post("/v1/tokens/apply", json={"city_id": "yaml", "user_id": "u1"})
             token = issued.json()["user_token"]
