@@ -16,13 +16,14 @@ from downcity.ai.hooks import run_before
 from downcity.calls.admission import admit
 from downcity.calls.replays import ClaimScope, ClaimStore, Replay, request_hash
 from downcity.calls.resolution import resolve_model
-from downcity.errors import conflict
+from downcity.errors import DowncityHTTPError, conflict
 from downcity.gateway.actions import ActionRequest
 from downcity.gateway.ports import ProviderGateway
 from downcity.jobs.record import JobRecord, outcome_fields
 from downcity.jobs.store import JobStore
 from downcity.ledger.types import LedgerPort
 from downcity.store.database import now_ms
+from downcity.store.values import check_json
 from downcity.types import TERMINAL_JOB_STATUSES, ImageJobResult
 
 # An image create holds its key only while it calls the provider's `image_create`.
@@ -110,6 +111,7 @@ async def _create(
     model = resolve_model(federation, "image", body.get("model"))
     ctx = Context(input=dict(body), user=user, city=city, model=model, pathway="image", request_id=job_id)
     await run_before(ctx, federation.hook_chain(model))
+    _check_storable("input", ctx.input)
     hold_key = image_hold_key(job_id)
     account = federation.accounts.account_id(city.city_id, user.user_id)
     held = await admit(ledger, hold_key, account, model, ctx.input)
@@ -124,13 +126,24 @@ async def _create(
     )
     try:
         created = await gateway.image_create(model.provider.id, request)
+        record = _new_record(ctx, created, key, default_poll_ms, digest)
+        _check_storable("provider answer", {"state": record.state, "result": record.result})
     except BaseException:
         if held:
             await ledger.release(hold_key, user_id=account)
         raise
-    record = _new_record(ctx, created, key, default_poll_ms, digest)
     # The claim admits one create per key; the unique key on the job is the backstop.
     return _same_request(await store.insert(record), digest)
+
+
+def _check_storable(what: str, value: Any) -> None:
+    """What hooks wrote and what the provider answered pass the request rule: a value no database stores is a 502."""
+    try:
+        check_json(value)
+    except DowncityHTTPError as bad:
+        raise DowncityHTTPError(
+            502, "provider_error", f"the image job's {what} cannot be stored: {bad.message}"
+        ) from None
 
 
 def _same_request(job: JobRecord, digest: str) -> JobRecord:

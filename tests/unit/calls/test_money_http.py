@@ -425,3 +425,16 @@ async def test_an_action_charge_on_a_model_without_a_hold_is_refused_not_given_a
 
     assert (response.status_code, response.json()["error"]["type"]) == (502, "provider_error")
     assert await app.balance() == (100_000, 0)
+
+
+async def test_an_image_create_whose_hook_writes_an_unstorable_value_is_refused_before_the_upstream(app: App) -> None:
+    await app.credit(IMAGE_PRICE)
+
+    def nul(ctx: Any) -> None:
+        ctx.input["prompt"] += "\x00"
+
+    app.runtime.federation.before(nul)
+    response = await app.http.post("/v1/ai/image/create", json={"prompt": "cat"}, headers=app.user())
+
+    assert (response.status_code, response.json()["error"]["type"]) == (502, "provider_error")
+    assert (await app.upstream_calls(), await app.balance()) == (0, (IMAGE_PRICE, 0))
