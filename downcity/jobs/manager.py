@@ -117,6 +117,8 @@ class JobManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loops = []
+        # A poll cancelled while its progress was being written leaves that write running: it ends here.
+        await self._writer.close()
         await self._renewer.close()
 
     async def notify(self, job_id: str, provider_id: str, due_ms: int) -> None:

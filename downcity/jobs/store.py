@@ -243,6 +243,12 @@ class ProgressWriter:
             self._flusher = asyncio.create_task(self._flush())
         await future
 
+    async def close(self) -> None:
+        """Wait for the write in progress, so no transaction outlives the manager that started it."""
+        if self._flusher is not None:
+            # `_flush` keeps every failure on the futures of the saves it was writing: it never raises.
+            await self._flusher
+
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
