@@ -91,6 +91,7 @@ class JobManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stopped = asyncio.Event()
         # A pending job's hold must outlive the hold TTL: renewed while this manager works on the job.
         self._renewer = HoldRenewer(ledger, settings.hold_expiry_s / 3)
 
@@ -106,12 +107,21 @@ class JobManager:
         ]
 
     async def stop(self) -> None:
-        """Stop scheduling, let in-flight polls finish (briefly), then cancel what is left."""
+        """Stop scheduling, let in-flight polls finish (briefly), then cancel what is left.
+
+        Nothing is cancelled while it may be inside a `JobStore` call: on SQLite a cancellation that lands in the
+        connection checkout (SQLAlchemy awaits aiosqlite to set AUTOCOMMIT in `engine_connect`) escapes
+        `Connection.__init__` and orphans the pooled connection until the garbage collector finds it.
+        """
         self._stopping = True
-        for loop_task in self._loops:
-            loop_task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=_STOP_GRACE_S)
+        self._stopped.set()  # the overdue scan returns after its current query
+        if self._loops:
+            self._loops[0].cancel()  # the scheduler, which never touches the database
+        # Also wait for the `_work` a finishing `_pump` spawns meanwhile, not only for the tasks running now.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _STOP_GRACE_S
+        while (pending := {t for t in (*self._loops, *self._tasks) if not t.done()}) and loop.time() < deadline:
+            await asyncio.wait(pending, timeout=deadline - loop.time())
         for task in [*self._loops, *self._tasks]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -180,12 +190,15 @@ class JobManager:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _scan_forever(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._keep_holds()
             except Exception:
                 logger.exception("tracking the holds of pending jobs failed")
-            await asyncio.sleep(SCAN_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), SCAN_INTERVAL_S)
+            if self._stopping:
+                return
             try:
                 overdue = await self.store.with_work(due_before_ms=now_ms() - OVERDUE_GRACE_MS)
             except Exception:
