@@ -12,7 +12,7 @@ from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, 
 from downcity.gateway.runner import ProviderRunner
 from downcity.readiness import missing_env
 from downcity.runtime import load_federation
-from downcity.secrets import SCRUBBER, MasterKey, install_log_scrubbing
+from downcity.secrets import MasterKey, scrub_everywhere
 from downcity.settings import Settings
 from downcity.store import Database
 from downcity.types import ImageJobResult
@@ -42,8 +42,7 @@ class ProviderDeployment:
         await self._env.refresh()
         await self._env.start()
         # This replica holds its provider's keys: no log line it writes may carry one.
-        SCRUBBER.add_source(self._env.stored_values)
-        install_log_scrubbing()
+        scrub_everywhere(self._env.stored_values)
         self._runner = ProviderRunner(provider, models, self._env)
 
     async def text(self, req: ActionRequest) -> TextOutcome:

@@ -200,6 +200,12 @@ SCRUBBER = SecretScrubber()
 _scrubbing_factory: Callable[..., logging.LogRecord] | None = None
 
 
+def scrub_everywhere(source: SecretSource) -> None:
+    """Scrub what `source()` returns from errors and from every log record this process makes."""
+    SCRUBBER.add_source(source)
+    install_log_scrubbing()
+
+
 def install_log_scrubbing() -> None:
     """Run `SCRUBBER` on every log record this process makes, whichever handler writes it (idempotent)."""
     global _scrubbing_factory
