@@ -160,7 +160,7 @@ class Call:
             report.get("ttfb_ms"),
         )
 
-    async def succeed(self, output: Any, status: str = "ok") -> ChargeDraft | None:
+    async def succeed(self, output: Any, status: str = "ok", http_status: int = 200) -> ChargeDraft | None:
         """Settle the charge with the usage row (durable on return), then run `after` hooks.
 
         Returns the charge as applied: the Ledger never takes more than the call's hold.
@@ -172,7 +172,7 @@ class Call:
         amount = charge.amount_microcredits if charge is not None else 0
         if amount > 0 and not self.reserved:
             raise unbounded_charge(self.model)
-        row = self.usage_row(status, 200 if status == "ok" else 499)
+        row = self.usage_row(status, http_status)
         if self.reserved:
             applied = await self._settle(
                 PendingSettle(

@@ -223,7 +223,8 @@ class _StreamState:
         if call.ctx.metering.usage.total_tokens == 0:
             call.estimate(self.delivery.estimate(call.ctx.input, call.model.upstream_model))
         try:
-            await call.succeed(build_assistant_message(self.delivery.text, id=call.request_id), status="cancelled")
+            delivered = build_assistant_message(self.delivery.text, id=call.request_id)
+            await call.succeed(delivered, status="cancelled", http_status=error.status if error is not None else 499)
         except DowncityHTTPError as refused:
             await call.fail(refused)
         await self.store(tail)
