@@ -738,9 +738,11 @@ async def test_money_invariants_hold_while_the_ledger_and_an_ingress_replica_are
             hold = holds_by_key.get(f"call:{row.request_id}")
             assert hold is None or hold.status == "released", hold
 
-    # The balance bound the storm: it covered only so many flat calls while the image job held its share.
+    # The balance bound the storm: it covered only so many flat calls while the image job held its share. When
+    # the killed replica took most of the storm with it, too few calls reached a live one to run the balance out.
     refused = [o for o in flats if o.error_type == "insufficient_balance"]
-    assert refused, "the balance never ran out"
+    reached_a_live_replica = [o for o in flats if not o.died]
+    assert refused or len(reached_a_live_replica) < FLAT_CALLS_COVERED, "the balance never ran out"
     flat_charged = sum(e.amount_microcredits for e in charges if e.idempotency_key.startswith("call:"))
     flat_charged -= replay_usage.charge_microcredits
     assert flat_charged <= CREDIT - IMAGE_HOLD - replay_usage.charge_microcredits
