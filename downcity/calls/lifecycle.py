@@ -234,12 +234,7 @@ async def ui_stream(
     runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None
 ) -> AsyncIterator[bytes]:
     """Claim and admit the call, then the AI SDK UI message stream of its answer, ending `finish` + `[DONE]`."""
-    claim = await Claim.take(runtime, caller, "stream", body, client_key)
-    if claim.replay is not None:
-        return _replayed_stream(claim.replay)
-    call = await _begin(claim, runtime, caller, "stream", body)
-    state = _StreamState(call, claim, Delivery())
-    return _ended_once(state, _ui_stream(state), _ui_error)
+    return await _open_stream(runtime, caller, "stream", body, client_key, _ui_stream, _ui_error)
 
 
 async def _ui_stream(state: _StreamState) -> AsyncGenerator[bytes, None]:
@@ -268,12 +263,25 @@ async def chat_stream(
     runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None
 ) -> AsyncIterator[bytes]:
     """Claim and admit the call, then the upstream's OpenAI SSE bytes as-is; `[DONE]` only after the settle."""
-    claim = await Claim.take(runtime, caller, "openai", body, client_key)
+    return await _open_stream(runtime, caller, "openai", body, client_key, _chat_stream, _chat_error)
+
+
+async def _open_stream(
+    runtime: Runtime,
+    caller: Caller,
+    pathway: str,
+    body: dict[str, Any],
+    client_key: str | None,
+    run: Callable[[_StreamState], AsyncGenerator[bytes, None]],
+    error_event: Callable[[DowncityHTTPError], bytes],
+) -> AsyncIterator[bytes]:
+    """Claim and admit a streaming call (or replay its stored bytes), then its stream, ended exactly once."""
+    claim = await Claim.take(runtime, caller, pathway, body, client_key)
     if claim.replay is not None:
         return _replayed_stream(claim.replay)
-    call = await _begin(claim, runtime, caller, "openai", body)
+    call = await _begin(claim, runtime, caller, pathway, body)
     state = _StreamState(call, claim, Delivery())
-    return _ended_once(state, _chat_stream(state), _chat_error)
+    return _ended_once(state, run(state), error_event)
 
 
 async def _chat_stream(state: _StreamState) -> AsyncGenerator[bytes, None]:
