@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 from downcity.client import (
@@ -126,9 +127,15 @@ async def test_admin_issues_a_token_for_the_city(admin: AsyncAdminClient) -> Non
 
     issued = await admin.tokens.apply(city_id="web", user_id="u1", metadata={"plan": "pro"}, ttl=3600)
 
+    claims = jwt.decode(issued.user_token, options={"verify_signature": False})
     assert (issued.city_id, issued.user_id) == ("web", "u1")
-    assert issued.user_token.count(".") == 2
-    assert issued.token_id
+    assert (claims["city_id"], claims["user_id"], claims["metadata"], claims["jti"]) == (
+        "web",
+        "u1",
+        {"plan": "pro"},
+        issued.token_id,
+    )
+    assert claims["exp"] == int(claims["iat"]) + 3600
 
 
 async def test_admin_revokes_every_token_of_a_user(admin: AsyncAdminClient) -> None:

@@ -72,6 +72,8 @@ async def test_wait_image_returns_the_finished_job_with_its_images(
         ("file", "image/png"),
         ("file", "image/png"),
     ]
+    balance = await user.balance()
+    assert (balance.balance, balance.held) == (CREDIT - 2 * 20_000, 0)
 
 
 async def test_wait_image_returns_a_failed_job(clients: tuple[AsyncAdminClient, AsyncUserClient]) -> None:
@@ -80,8 +82,9 @@ async def test_wait_image_returns_a_failed_job(clients: tuple[AsyncAdminClient, 
 
     job = await user.ai.wait_image(created.job_id, timeout=20)
 
-    assert (job.status, job.result, job.error is not None) == ("failed", None, True)
-    assert (await user.balance()).balance == CREDIT
+    assert (job.status, job.result, job.error) == ("failed", None, "content policy violation")
+    balance = await user.balance()
+    assert (balance.balance, balance.held) == (CREDIT, 0)
 
 
 async def test_wait_image_times_out_on_an_unfinished_job(

@@ -111,7 +111,9 @@ def test_sync_user_text(user: UserClient) -> None:
     message = user.ai.text("hello sync")
 
     assert message.parts == [TextPart(text="Echo: hello sync")]
-    assert user.balance().balance == 1_000_000 - message.metadata["charge"]["amount_microcredits"]
+    # The demo prices 1 per input token and 2 per output token: "hello sync" in, "Echo: hello sync" out.
+    assert message.metadata["charge"]["amount_microcredits"] == 2 + 2 * 3
+    assert user.balance().balance == 1_000_000 - (2 + 2 * 3)
 
 
 def test_sync_user_stream(user: UserClient) -> None:

@@ -1,0 +1,123 @@
+"""Mutation score of the money modules: the ledger, the call lifecycle, admission, charge resolution, image-job billing.
+
+`mutmut` (configured under `[tool.mutmut]` in pyproject.toml) copies `downcity/` into `mutants/`, mutates the money
+modules listed there and runs the fast unit tests (no Ray, SQLite only) against each mutant. Not part of CI: a full run
+takes about an hour on two cores. Results persist in `mutants/`, so a stopped run resumes where it left off.
+
+    .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # mutate, test, then report
+    .venv/bin/python bench/mutation.py report [--survivors]                  # score per module from mutants/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS = ROOT / "mutants"
+
+# mutmut's exit codes (mutmut/stats.py): a test run that fails is a kill.
+KILLED = {1: "killed", 3: "killed"}
+STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout", 37: "type check", None: "not run"}
+TIMEOUTS = {-24, 24, 152, 255}
+
+
+def status_of(exit_code: int | None) -> str:
+    """The verdict mutmut gives an exit code: killed, survived, timeout, no tests, not run or suspicious."""
+    if exit_code in KILLED:
+        return KILLED[exit_code]
+    if exit_code in TIMEOUTS:
+        return "timeout"
+    return STATUS.get(exit_code, "suspicious")
+
+
+@dataclass
+class ModuleScore:
+    """The verdicts of one module's mutants."""
+
+    path: str
+    counts: Counter[str] = field(default_factory=Counter)
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def judged(self) -> int:
+        """Mutants run (or found untested): a mutant no test covers counts against the score, as mutmut counts it."""
+        return sum(n for verdict, n in self.counts.items() if verdict not in ("not run", "skipped", "type check"))
+
+    @property
+    def score(self) -> float:
+        """Killed share of the judged mutants, in percent (a timeout counts as a kill)."""
+        killed = self.counts["killed"] + self.counts["timeout"]
+        return 100.0 * killed / self.judged if self.judged else 0.0
+
+    def row(self) -> str:
+        """One line of the report table."""
+        c = self.counts
+        return (
+            f"{self.path:<34} {c['killed']:>7} {c['timeout']:>7} {c['survived']:>8} {c['no tests']:>8}"
+            f" {c['not run']:>7} {self.score:>6.1f}%"
+        )
+
+
+def read_scores() -> list[ModuleScore]:
+    """Every mutated module's verdicts, from the `.meta` files mutmut leaves under `mutants/`."""
+    scores = []
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        path = str(meta.relative_to(MUTANTS))[: -len(".meta")]
+        exit_codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+        module = ModuleScore(path)
+        for name, exit_code in sorted(exit_codes.items()):
+            verdict = status_of(exit_code)
+            module.counts[verdict] += 1
+            if verdict in ("survived", "no tests", "suspicious"):
+                module.survivors.append(f"{name} ({verdict})")
+        scores.append(module)
+    return scores
+
+
+def report(*, survivors: bool) -> None:
+    """Print the score per module and overall; with `survivors`, every mutant the tests let live."""
+    scores = read_scores()
+    if not scores:
+        sys.exit("no mutation results under mutants/: run `bench/mutation.py run` first")
+    total: Counter[str] = Counter()
+    print(f"{'module':<34} {'killed':>7} {'timeout':>7} {'survived':>8} {'no tests':>8} {'not run':>7} {'score':>7}")
+    for module in scores:
+        total.update(module.counts)
+        print(module.row())
+    print(ModuleScore("all", total).row())
+    if survivors:
+        for module in scores:
+            for name in module.survivors:
+                print(name)
+
+
+def run(max_children: int, mutants: list[str]) -> None:
+    """Run mutmut from the repository root (resuming any earlier run), then report."""
+    mutmut = Path(sys.executable).with_name("mutmut")
+    subprocess.run([str(mutmut), "run", "--max-children", str(max_children), *mutants], cwd=ROOT, check=False)
+    report(survivors=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="mutate the money modules and test every mutant")
+    run_parser.add_argument("--max-children", type=int, default=2, help="parallel test workers (default 2)")
+    run_parser.add_argument("mutants", nargs="*", help="only these mutants (names as `report --survivors` prints)")
+    report_parser = commands.add_parser("report", help="the score per module from an earlier run")
+    report_parser.add_argument("--survivors", action="store_true", help="list every surviving mutant")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.max_children, args.mutants)
+    else:
+        report(survivors=args.survivors)
+
+
+if __name__ == "__main__":
+    main()
