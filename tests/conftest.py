@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import shutil
@@ -51,9 +52,25 @@ _SERVE_PORTS = _pick_serve_ports()
 
 
 def serve_port_base(slot: int) -> int:
-    """Serve's internal ports for cluster `slot` of this run (`slot` < SERVE_SLOTS)."""
+    """Serve's internal ports for cluster `slot` of this run (`slot` < SERVE_SLOTS - 1; the last is `listen_port`'s)."""
     assert 0 <= slot < SERVE_SLOTS
     return _SERVE_PORTS + slot * SERVE_SLOT_SPAN
+
+
+_LISTEN_PORTS = itertools.count(serve_port_base(SERVE_SLOTS - 1))
+
+
+def listen_port() -> int:
+    """A port for a server a test starts: from this run's probed block, below the ephemeral range, never given twice.
+
+    A port the kernel handed out from the ephemeral range and closed again can be taken by any outgoing connection
+    before the server binds it; these are not handed out by the kernel, and no other run of the suite uses this block.
+    """
+    for port in _LISTEN_PORTS:
+        assert port < serve_port_base(SERVE_SLOTS - 1) + SERVE_SLOT_SPAN, "the run used up its listening ports"
+        if _all_free(port, 1):
+            return port
+    raise AssertionError("unreachable: the port counter never ends")
 
 
 # Serve reads its mode at import time in every Ray process: set it before anything imports Ray.
@@ -219,4 +236,15 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
     async with asyncio.timeout(timeout_s):
         while not accept(value := await probe()):  # noqa: ASYNC110 - nothing signals this state
             await asyncio.sleep(0.05)
+    return value
+
+
+def eventually_sync(probe: Callable[[], T], accept: Callable[[T], bool], timeout_s: float = 30) -> T:
+    """`eventually` for tests without an event loop: probe until `accept` holds, failing at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not accept(value := probe()):
+        assert time.monotonic() < deadline, f"still {value!r} after {timeout_s} s"
+        time.sleep(0.05)
     return value

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from actors.serving import free_port
-from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory, eventually
+from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory, eventually, listen_port
 
 __all__ = ["ServedApp", "eventually"]
 
@@ -67,7 +66,7 @@ def deploy(federation: str, database_url: str, data_dir: str, port: int) -> None
 
 @pytest.fixture(scope="session")
 def serve_port(ray_cluster: float) -> int:
-    return free_port()
+    return listen_port()
 
 
 @pytest.fixture(scope="session")
@@ -89,5 +88,7 @@ async def served(
     ) as admin:
         stored = await admin.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-example-key-123456"})
         assert stored.status_code == 200, stored.text
-        await asyncio.sleep(1.5)  # provider replicas poll the env version every second
+        # Ready once a replica of every provider deployment holds the key (they poll the env version every second).
+        ready = await eventually(lambda: admin.get("/ready"), lambda response: response.status_code == 200)
+        assert ready.json()["status"] == "ready", ready.text
         yield ServedApp(url=url, database_url=database_url, admin=admin)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import httpx
@@ -16,12 +15,10 @@ from downcity.client import AsyncAdminClient, AsyncUserClient, DowncityError
 from downcity.store import Database
 from downcity.store.schema import env as env_table
 from tests.conftest import TEST_ADMIN_KEY
-from tests.integration.conftest import ServedApp
+from tests.integration.conftest import ServedApp, eventually
 
 pytestmark = pytest.mark.ray
 
-PROPAGATION_S = 2.0
-POLL_S = 0.05
 SERVED_KEY = "sk-example-key-123456"
 USER_OR_PUBLIC_PATHS = {"/health", "/ready", "/.well-known/jwks.json", "/v1/balance/me", "/v1/usage/me"}
 
@@ -34,15 +31,6 @@ async def admin(served: ServedApp) -> AsyncIterator[AsyncAdminClient]:
 
 def user(served: ServedApp, city_id: str, token: str) -> AsyncUserClient:
     return AsyncUserClient(served.url, city_id=city_id, user_token=token, retries=0)
-
-
-async def seconds_until(condition: Callable[[], Awaitable[bool]]) -> float:
-    """Seconds until `condition()` holds, polling; fails past twice the propagation bound."""
-    started = time.monotonic()
-    while not await condition():
-        assert time.monotonic() - started < 2 * PROPAGATION_S, "condition never held"
-        await asyncio.sleep(POLL_S)
-    return time.monotonic() - started
 
 
 async def status_of(call: Awaitable[object]) -> int:
@@ -98,26 +86,20 @@ async def test_token_apply_for_a_paused_city_is_403(served: ServedApp, admin: As
     assert (refused.value.status, refused.value.type, refused.value.field) == (403, "city_paused", "city_id")
 
 
-async def test_pause_refuses_calls_within_2s_and_activate_accepts_them_again(
-    served: ServedApp, admin: AsyncAdminClient
-) -> None:
+async def test_pause_refuses_calls_and_activate_accepts_them_again(served: ServedApp, admin: AsyncAdminClient) -> None:
     city_id, _, token = await served.new_user(credit=100_000)
     async with user(served, city_id, token) as client:
 
         async def call_status() -> int:
             return await status_of(client.ai.text("ping", model="reverse"))
 
-        assert await call_status() == 200
+        before = await call_status()
         await admin.cities.pause(city_id)
-        to_refuse = await seconds_until(lambda: _equals(call_status(), 403))
+        # Replicas learn of a pause on their next city refresh (each second); how soon is bench material.
+        refused = await eventually(call_status, lambda status: status != 200)
         await admin.cities.activate(city_id)
-        to_accept = await seconds_until(lambda: _equals(call_status(), 200))
-    assert to_refuse <= PROPAGATION_S
-    assert to_accept <= PROPAGATION_S
-
-
-async def _equals(value: Awaitable[int], expected: int) -> bool:
-    return await value == expected
+        accepted = await eventually(call_status, lambda status: status != 403)
+    assert (before, refused, accepted) == (200, 403, 200)
 
 
 async def _last_upstream_key(http: httpx.AsyncClient, root: str) -> str:
@@ -125,26 +107,34 @@ async def _last_upstream_key(http: httpx.AsyncClient, root: str) -> str:
     return str([item for item in items if item["path"] == "/v1/chat/completions"][-1]["key"])
 
 
-async def test_a_rotated_provider_key_is_used_by_the_next_calls_within_2s(
+async def _key_in_use(client: AsyncUserClient, http: httpx.AsyncClient, root: str) -> str:
+    """The provider key the upstream saw on a fresh call."""
+    await client.ai.text("which key", model="deepseek-chat")
+    return await _last_upstream_key(http, root)
+
+
+async def _restore_served_key(
+    admin: AsyncAdminClient, client: AsyncUserClient, http: httpx.AsyncClient, root: str
+) -> None:
+    """Put the session's provider key back and wait until calls use it, so the next test starts as this one did."""
+    await admin.env.set("DEEPSEEK_API_KEY", SERVED_KEY)
+    await eventually(lambda: _key_in_use(client, http, root), lambda key: key == SERVED_KEY)
+
+
+async def test_a_rotated_provider_key_is_used_by_the_next_calls(
     served: ServedApp, admin: AsyncAdminClient, demo_upstream: str
 ) -> None:
     city_id, _, token = await served.new_user(credit=1_000_000)
     rotated = f"sk-rotated-{uuid.uuid4().hex}"
     root = demo_upstream.removesuffix("/v1")
     async with user(served, city_id, token) as client, httpx.AsyncClient() as http:
-
-        async def uses_rotated() -> bool:
-            await client.ai.text("which key", model="deepseek-chat")
-            return await _last_upstream_key(http, root) == rotated
-
         try:
             await admin.env.set("DEEPSEEK_API_KEY", rotated)
-            elapsed = await seconds_until(uses_rotated)
-            later = [await uses_rotated() for _ in range(5)]
+            first = await eventually(lambda: _key_in_use(client, http, root), lambda key: key != SERVED_KEY)
+            later = [await _key_in_use(client, http, root) for _ in range(5)]
         finally:
-            await admin.env.set("DEEPSEEK_API_KEY", SERVED_KEY)
-    assert elapsed <= PROPAGATION_S
-    assert later == [True] * 5
+            await _restore_served_key(admin, client, http, root)
+    assert [first, *later] == [rotated] * 6
 
 
 async def _outcome(served: ServedApp, city_id: str, token: str) -> str:
@@ -280,26 +270,25 @@ async def test_no_response_log_line_or_stored_row_contains_a_provider_key(
     async with user(served, city_id, token) as client, httpx.AsyncClient() as http:
         try:
             entry = await admin.env.set("DEEPSEEK_API_KEY", secret)
-
-            async def uses_secret() -> bool:
-                await client.ai.text("warm up", model="deepseek-chat")
-                return await _last_upstream_key(http, root) == secret
-
-            await seconds_until(uses_secret)
+            await eventually(lambda: _key_in_use(client, http, root), lambda key: key == secret)
             bodies = await _error_bodies(served, client, secret)
         finally:
-            await admin.env.set("DEEPSEEK_API_KEY", SERVED_KEY)
-    await asyncio.sleep(1.0)  # let Ray's log monitor flush the workers' lines to files
+            await _restore_served_key(admin, client, http, root)
+    logs = _ray_logs_dir()
+    # The replica's line for the 401 above reaches the log files once Ray's log monitor flushes them.
+    logged_401 = await eventually(
+        lambda: asyncio.to_thread(_files_containing, logs / "serve", b"upstream returned HTTP 401"), bool
+    )
     db = Database(served.database_url)
     try:
         async with db.connect() as conn:
             stored = b"".join((await conn.execute(select(env_table.c.value_enc))).scalars())
     finally:
         await db.dispose()
-    middle, logs = secret[4:-2], _ray_logs_dir()
+    middle = secret[4:-2]
     assert entry.preview == f"{secret[:4]}…{secret[-2:]}"
     assert [body for body in bodies if middle in body] == []
     assert middle.encode() not in stored
     # The scan covers what the provider replica logged while the secret was live: the 401 above is only ours.
-    assert _files_containing(logs / "serve", b"upstream returned HTTP 401") != []
+    assert logged_401 != []
     assert _files_containing(logs, middle.encode()) == []

@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.serving import free_port
-from tests.conftest import TEST_ADMIN_KEY, serve_port_base
+from tests.conftest import TEST_ADMIN_KEY, listen_port, serve_port_base
 from tests.integration.conftest import ServedApp
 
 pytestmark = pytest.mark.ray
@@ -207,7 +206,7 @@ async def test_a_wrong_admin_key_exits_1_unauthorized(federation_env: dict[str, 
 
 
 async def test_an_unreachable_federation_exits_1_naming_the_url(federation_env: dict[str, str]) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{listen_port()}"
     ran = await run("--url", url, "city", "list", env=federation_env)
     assert ran.code == 1
     assert ran.stderr.startswith("error: connection_error: ConnectError after 2 attempts")
@@ -242,7 +241,7 @@ class Up:
 
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[Up]:
-    data_dir, port = tmp_path / "data", free_port()
+    data_dir, port = tmp_path / "data", listen_port()
     env = {k: v for k, v in clean_env().items() if not k.startswith("RAY_")} | {
         "DOWNCITY_DATA_DIR": str(data_dir),
         "DOWNCITY_ADMIN_KEY": TEST_ADMIN_KEY,
@@ -268,7 +267,7 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
 
 
 async def test_up_status_down(up: Up) -> None:
-    second = await run("up", "--port", str(free_port()), env=up.env)
+    second = await run("up", "--port", str(listen_port()), env=up.env)
     report = (await run("status", "--json", env=up.env)).json()
     cities = await run("city", "list", "--json", env=up.env)
     stopped = await run("down", env=up.env)
@@ -285,7 +284,7 @@ async def test_up_status_down(up: Up) -> None:
 
 
 async def test_up_demo_json_prints_one_object_once_ready_and_its_token_works(tmp_path: Path) -> None:
-    port, demo_port = free_port(), free_port()
+    port, demo_port = listen_port(), listen_port()
     env = {k: v for k, v in clean_env().items() if not k.startswith("RAY_")} | {
         "DOWNCITY_DATA_DIR": str(tmp_path / "data"),
         "DOWNCITY_SERVE_PORT_BASE": str(serve_port_base(2)),

@@ -39,8 +39,7 @@ import pytest
 import uvicorn
 import yaml
 
-from actors.serving import free_port
-from tests.conftest import serve_port_base
+from tests.conftest import listen_port, serve_port_base
 from tests.integration.conftest import ServedApp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +114,7 @@ class LocalFederation:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.url = f"http://127.0.0.1:{listen_port()}"
         self._server: uvicorn.Server | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
@@ -207,7 +206,7 @@ class Page:
         return ran.stdout
 
     def _start_up(self, block: Block, code: str) -> None:
-        port = free_port()
+        port = listen_port()
         self.up = subprocess.Popen(
             [*code.split(), "--port", str(port)],
             env={k: v for k, v in self.env.items() if not k.startswith("RAY_")},

@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.serving import free_port
 from downcity.demo.images import IMAGE_DATA_URL
-from tests.conftest import TEST_ADMIN_KEY, serve_port_base
+from tests.conftest import TEST_ADMIN_KEY, listen_port, serve_port_base
 
 pytestmark = pytest.mark.ray
 
@@ -52,7 +51,7 @@ def served(demo_upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     command = [word for word in readme_command() if word not in assignments]
     command = [str(BIN / "downcity"), *command[1:]]
     command[command.index(EXAMPLE)] = str(file)
-    port = free_port()
+    port = listen_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOWNCITY_", "RAY_"))} | {
         "DOWNCITY_SERVE_PORT_BASE": str(serve_port_base(4)),
         "DOWNCITY_DATA_DIR": str(workdir / "data"),

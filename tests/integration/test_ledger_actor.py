@@ -21,6 +21,7 @@ from downcity.errors import DowncityHTTPError
 from downcity.ledger import Balance
 from downcity.store import Database
 from downcity.store.schema import ledger_entries
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
@@ -109,12 +110,21 @@ async def test_200_concurrent_calls_through_the_actor_admit_exactly_57(
     assert await client.balance("alice") == Balance(user_id="alice", balance=0, held=0, available=0)
 
 
-async def _kill_three_times(client: LedgerClient, name: str) -> None:
-    for _ in range(3):
-        await asyncio.sleep(0.3)
-        ray.kill(ray.get_actor(name, namespace="downcity"), no_restart=False)
-        await asyncio.sleep(0.1)
-        await client.balance("probe")
+async def _kill_three_times(name: str, issued: list[str], succeeded: list[str]) -> list[int]:
+    """Kill the actor three times, each once 20 more calls have completed since the last kill (it restarted and
+    serves again), then wait for 20 more; returns how many calls were in flight at each kill."""
+    in_flight = []
+
+    async def completed() -> int:
+        return len(succeeded)
+
+    for kill in range(4):
+        target = len(succeeded) + 20
+        await eventually(completed, lambda count, target=target: count >= target)
+        if kill < 3:
+            in_flight.append(len(issued) - len(succeeded))
+            ray.kill(ray.get_actor(name, namespace="downcity"), no_restart=False)
+    return in_flight
 
 
 async def test_killing_the_actor_under_load_neither_loses_nor_doubles_a_charge(
@@ -138,13 +148,15 @@ async def test_killing_the_actor_under_load_neither_loses_nor_doubles_a_charge(
             succeeded.append(key)
 
     callers = [asyncio.create_task(caller()) for _ in range(40)]
-    await _kill_three_times(client, name)
+    in_flight = await _kill_three_times(name, issued, succeeded)
     killed.set()
     await asyncio.gather(*callers)
     db = Database(database_url)
     async with db.connect() as conn:
         charges = (await conn.execute(select(ledger_entries).where(ledger_entries.c.kind == "charge"))).all()
     await db.dispose()
+    # Every caller had a reserve or settle in flight when each kill landed.
+    assert in_flight == [40, 40, 40]
     assert sorted(succeeded) == sorted(issued)
     assert sorted(row.idempotency_key for row in charges) == sorted(issued)
     remaining = credits - sum(row.amount_microcredits for row in charges)

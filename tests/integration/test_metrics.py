@@ -60,6 +60,7 @@ class Traffic:
     input_tokens: int
     output_tokens: int
     samples: list[Sample]
+    ledger_ops_before: float
 
 
 async def poll(done: Callable[[list[Sample]], bool]) -> list[Sample]:
@@ -98,6 +99,7 @@ async def send(served: ServedApp) -> tuple[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 async def traffic(served: ServedApp) -> Traffic:
+    ledger_ops_before = total(await asyncio.to_thread(scrape), "ray_downcity_ledger_ops_total", shard="0")
     city_id, billed = await send(served)
 
     def reflected(samples: list[Sample]) -> bool:
@@ -116,6 +118,7 @@ async def traffic(served: ServedApp) -> Traffic:
         input_tokens=sum(m["usage"]["input_tokens"] for m in billed),
         output_tokens=sum(m["usage"]["output_tokens"] for m in billed),
         samples=await poll(reflected),
+        ledger_ops_before=ledger_ops_before,
     )
 
 
@@ -133,10 +136,12 @@ async def test_errors_are_counted_by_error_type(traffic: Traffic) -> None:
 
 async def test_tokens_and_charges_match_the_replies(traffic: Traffic) -> None:
     city = {"city": traffic.city_id, "status": "ok", **CALL}
-    assert total(traffic.samples, "ray_downcity_input_tokens_total", **city) == traffic.input_tokens
-    assert total(traffic.samples, "ray_downcity_output_tokens_total", **city) == traffic.output_tokens
-    assert total(traffic.samples, "ray_downcity_charged_microcredits_total", **city) == traffic.charged
-    assert traffic.charged == 10 * sum(len(p) for p in PROMPTS)
+    # `reverse` meters a token per word each way and charges 10 per character.
+    words, characters = sum(len(p.split()) for p in PROMPTS), sum(len(p) for p in PROMPTS)
+    assert (traffic.input_tokens, traffic.output_tokens, traffic.charged) == (words, words, 10 * characters)
+    assert total(traffic.samples, "ray_downcity_input_tokens_total", **city) == words
+    assert total(traffic.samples, "ray_downcity_output_tokens_total", **city) == words
+    assert total(traffic.samples, "ray_downcity_charged_microcredits_total", **city) == 10 * characters
 
 
 async def test_latency_and_time_to_first_byte_are_histograms_of_every_call(traffic: Traffic) -> None:
@@ -149,8 +154,9 @@ async def test_latency_and_time_to_first_byte_are_histograms_of_every_call(traff
 async def test_ledger_commits_report_queue_depth_and_commit_latency(traffic: Traffic) -> None:
     names = {s.name for s in traffic.samples if s.labels.get("shard") == "0"}
     assert {"ray_downcity_ledger_queue_depth", "ray_downcity_ledger_commit_seconds_count"} <= names
-    # The seed credit and three settles were committed by the time the replies came back.
-    assert total(traffic.samples, "ray_downcity_ledger_ops_total", shard="0") >= 4
+    # The seed credit and three settles were committed by the time the replies came back: the count grew by at
+    # least that much since the scrape before the traffic (other tests' ops may still add to it).
+    assert total(traffic.samples, "ray_downcity_ledger_ops_total", shard="0") - traffic.ledger_ops_before >= 4
 
 
 async def test_the_job_scheduler_reports_pending_jobs_and_fetch_lag(traffic: Traffic) -> None:

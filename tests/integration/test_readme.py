@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from actors.cli.banner import demo_examples
-from actors.serving import free_port
-from tests.conftest import serve_port_base
+from tests.conftest import listen_port, serve_port_base
 
 pytestmark = pytest.mark.ray
 
@@ -65,7 +64,7 @@ def _read_banner(process: subprocess.Popen[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def running_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
     workdir = tmp_path_factory.mktemp("fresh-checkout")
-    port, demo_port = free_port(), free_port()
+    port, demo_port = listen_port(), listen_port()
     # Narrow columns, not a terminal: what a CI log sees. Nothing printed may wrap.
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DOWNCITY_", "RAY_"))} | {
         "DOWNCITY_SERVE_PORT_BASE": str(serve_port_base(1)),

@@ -13,8 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from actors.serving import free_port
-from tests.conftest import TEST_ADMIN_KEY, TEST_MASTER_KEY
+from tests.conftest import TEST_ADMIN_KEY, TEST_MASTER_KEY, eventually_sync, listen_port
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +25,7 @@ DEADLINE_S = 90
 def serve_run(tmp_path_factory: pytest.TempPathFactory, demo_upstream: str) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("serve-run")
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    port = free_port()
+    port = listen_port()
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["data_dir"] = str(workdir / "data")
     config_file = workdir / "serve_config.yaml"
@@ -82,7 +81,8 @@ def test_serve_run_serves_the_example_federation_end_to_end(serve_run: str) -> N
         }
         assert client.post("/v1/balance/credit", json=credit).status_code == 200
         token = client.post("/v1/tokens/apply", json={"city_id": "serve-run", "user_id": "u1"}).json()["user_token"]
-        time.sleep(1.5)
+        # Ready once the provider replica holds the key just set (replicas poll the env version every second).
+        assert eventually_sync(lambda: client.get("/ready"), lambda r: r.status_code == 200).json()["status"] == "ready"
         reply = client.post(
             "/v1/ai/text", json={"prompt": "from serve run"}, headers={"Authorization": f"Bearer {token}"}
         )

@@ -105,4 +105,21 @@ async def test_a_ledger_reports_every_committed_op_with_its_shard(db: Database) 
     await ledger.close()
     assert sum(batch["ops"] for batch in recorded.batches) == 5
     assert {batch["shard"] for batch in recorded.batches} == {0}
-    assert all(batch["commit_s"] > 0 and batch["queue_depth"] >= 0 for batch in recorded.batches)
+    assert all(batch["commit_s"] > 0 for batch in recorded.batches)
+    assert recorded.batches[-1]["queue_depth"] == 0
+
+
+async def test_a_ledger_reports_the_ops_still_queued_behind_each_commit(db: Database) -> None:
+    recorded = Recorded()
+    ledger = Ledger(db, group_commit=False, metrics=recorded)
+    await ledger.start()
+    # One op per commit: while the first commits, the other four are queued behind it.
+    await asyncio.gather(*(ledger.credit(f"k{i}", f"user{i}", 10) for i in range(5)))
+    await ledger.close()
+    assert [(batch["ops"], batch["queue_depth"]) for batch in recorded.batches] == [
+        (1, 4),
+        (1, 3),
+        (1, 2),
+        (1, 1),
+        (1, 0),
+    ]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from actors.serving import free_port
 from downcity.ai.federation import Federation
 from downcity.client import AdminClient, DowncityError, UserClient
 from downcity.demo.federation import build_demo_federation
@@ -18,6 +17,7 @@ from downcity.http.app import create_app
 from downcity.local import open_local_runtime
 from downcity.settings import Settings
 from downcity.types import TextPart
+from tests.conftest import listen_port
 
 ADMIN_KEY = "test-admin"
 CITY = "sync"
@@ -136,7 +136,7 @@ def test_sync_error_carries_status_type_and_field(admin: AdminClient) -> None:
 
 
 def test_sync_refused_connection_raises_connection_error() -> None:
-    client = UserClient(f"http://127.0.0.1:{free_port()}", city_id=CITY, user_token="t", retries=1)
+    client = UserClient(f"http://127.0.0.1:{listen_port()}", city_id=CITY, user_token="t", retries=1)
     with client, pytest.raises(DowncityError) as caught:
         client.balance()
 

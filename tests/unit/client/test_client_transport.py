@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 import downcity.client
-from actors.serving import free_port
 from downcity.client import AsyncUserClient, DowncityError, ImageJob
 from downcity.client import _operations as ops
 from downcity.client._base import RequestSpec, StreamDecoder, parse_response, poll_wait, retry_delay
 from downcity.client._errors import error_from_response
 from downcity.types import TextPart
+from tests.conftest import listen_port
 
 GET = RequestSpec("GET", "/v1/balance/me")
 PLAIN_POST = RequestSpec("POST", "/v1/ai/text")
@@ -100,7 +100,7 @@ def test_public_api_is_explicit() -> None:
 async def test_refused_connection_retries_then_raises_connection_error() -> None:
     transport = CountingTransport()
     started = time.monotonic()
-    async with _client(f"http://127.0.0.1:{free_port()}", transport=transport) as client:
+    async with _client(f"http://127.0.0.1:{listen_port()}", transport=transport) as client:
         with pytest.raises(DowncityError) as caught:
             await client.ai.text("hi")
 
@@ -112,7 +112,7 @@ async def test_refused_connection_retries_then_raises_connection_error() -> None
 
 async def test_zero_retries_makes_one_attempt() -> None:
     transport = CountingTransport()
-    async with _client(f"http://127.0.0.1:{free_port()}", retries=0, transport=transport) as client:
+    async with _client(f"http://127.0.0.1:{listen_port()}", retries=0, transport=transport) as client:
         with pytest.raises(DowncityError) as caught:
             await client.balance()
 

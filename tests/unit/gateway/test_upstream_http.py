@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from actors.serving import free_port
 from downcity.gateway.upstream_http import pooled_upstream_client
+from tests.conftest import listen_port
 
 HEADERS = {"Authorization": "Bearer demo-key"}
 
@@ -76,7 +76,7 @@ async def test_a_slow_answer_raises_httpx_read_timeout(demo_upstream: str) -> No
 
 async def test_a_refused_connection_raises_httpx_connect_error(client: httpx.AsyncClient) -> None:
     with pytest.raises(httpx.ConnectError):
-        await client.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", json=_chat("x"))
+        await client.post(f"http://127.0.0.1:{listen_port()}/v1/chat/completions", json=_chat("x"))
 
 
 async def test_a_dropped_stream_raises_an_httpx_transport_error(client: httpx.AsyncClient, demo_upstream: str) -> None:
@@ -112,7 +112,7 @@ async def test_requests_go_through_the_proxy_named_in_the_environment(monkeypatc
 
 
 async def test_hosts_in_no_proxy_are_reached_directly(monkeypatch: pytest.MonkeyPatch, demo_upstream: str) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{listen_port()}")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     async with pooled_upstream_client(timeout_s=5.0) as http:
         response = await http.post(f"{demo_upstream}/chat/completions", json=_chat("direct"), headers=HEADERS)

@@ -294,11 +294,15 @@ async def test_a_success_written_but_not_billed_is_billed_once_on_recovery(jobs:
 
 
 async def test_a_restarted_manager_finishes_every_pending_job_and_bills_each_success_once(jobs: Jobs) -> None:
-    prompts = [f"cat {i} [[polls:2]] [[poll-after:40]]" + (" [[image-fail]]" if i % 4 == 0 else "") for i in range(12)]
+    prompts = [f"cat {i} [[polls:2]] [[poll-after:200]]" + (" [[image-fail]]" if i % 4 == 0 else "") for i in range(12)]
     created = [await jobs.create(prompt) for prompt in prompts]
     first = await jobs.manager(owner="jobs-restart")
-    await asyncio.sleep(0.06)
+    # Stopped with work in flight: a job polled upstream, and jobs still waiting for the poll that ends them.
+    await eventually(lambda: jobs.polls(created[-1]), lambda times: len(times) >= 1)
     await first.stop()
+    at_stop = [stored.status for stored in [await jobs.store.get(record.job_id) for record in created] if stored]
+    assert len(at_stop) == 12
+    assert [status for status in at_stop if status not in ("succeeded", "failed")] != []
     second = await jobs.manager(owner="jobs-restart")
     done = [await second.wait(record.job_id, 5) for record in created]
     statuses = [record.status if record else None for record in done]
