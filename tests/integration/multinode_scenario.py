@@ -184,12 +184,20 @@ async def ledger_view(database_url: str, user_id: str) -> tuple[dict[str, int], 
     return entries, int(balance.credits_microcredits)
 
 
-async def under_load(load: Load, action: Any, settle_s: float) -> float:
-    """Run `load` while `action()` runs in a thread, then `settle_s` more seconds; seconds `action` took."""
+async def answered(load: Load, count: int, deadline_s: float = 60) -> None:
+    """Wait until `load` has `count` outcomes, failing at the deadline."""
+    async with asyncio.timeout(deadline_s):
+        while len(load.outcomes) < count:  # noqa: ASYNC110 - the workers signal nothing per call
+            await asyncio.sleep(0.05)
+
+
+async def under_load(load: Load, action: Any, calls_after: int) -> float:
+    """Run `load` while `action()` runs in a thread: from its first 20 calls on, until `calls_after` more
+    calls were answered after the action; returns the seconds `action` took."""
     sender = asyncio.create_task(load.run(STEADY_DEADLINE_S + 60))
-    await asyncio.sleep(2.0)
+    await answered(load, 20)
     took: float = await asyncio.to_thread(action)
-    await asyncio.sleep(settle_s)
+    await answered(load, len(load.outcomes) + calls_after)
     load.stop.set()
     await sender
     return took
@@ -212,7 +220,7 @@ async def scenario(cluster: Cluster, database_url: str, data_dir: str, port: int
             deploy(cluster_config(database_url, data_dir, port, 3))
             return wait_steady({SCALED: 3}, names)
 
-        result["scale_s"] = await under_load(scaling, scale_up, 3.0)
+        result["scale_s"] = await under_load(scaling, scale_up, 100)
         result["scale_statuses"] = scaling.statuses()
         result["placement_scaled"] = placement(names)
 
@@ -224,7 +232,7 @@ async def scenario(cluster: Cluster, database_url: str, data_dir: str, port: int
             cluster.remove_node(lost, allow_graceful=False)
             return wait_steady({**UNSCALED, SCALED: 3}, names, result["lost_node"])
 
-        result["recover_s"] = await under_load(losing, lose_node, 3.0)
+        result["recover_s"] = await under_load(losing, lose_node, 100)
         result["loss_statuses"] = losing.statuses()
         result["placement_recovered"] = placement(names)
         after = Load(client, token)

@@ -23,7 +23,7 @@ from downcity.store.database import now_ms
 from downcity.store.schema import async_jobs, ledger_entries
 from downcity.types import ImageJobResult
 from examples import batch_images
-from tests.integration.conftest import APP_NAME, ServedApp
+from tests.integration.conftest import APP_NAME, ServedApp, eventually
 
 pytestmark = pytest.mark.ray
 
@@ -183,8 +183,10 @@ async def test_admin_lists_jobs_by_status_city_and_user(served: ServedApp) -> No
     city_id, user_id, token = await served.new_user(credit=100_000)
     async with user_client(served, token) as client:
         failing = await create(client, "a cat [[image-fail]] [[polls:0]] [[poll-after:50]]")
-        await create(client, "a dog [[image-never]] [[poll-after:60000]]")
+        # Both jobs end within the test: a job left pending would stay in the session's JobManager, held and polled.
+        succeeding = await create(client, "a dog [[polls:1]] [[poll-after:50]]")
         await follow(client, failing["job_id"])
+        await follow(client, succeeding["job_id"])
     listed = await served.admin.get("/v1/jobs/list", params={"city_id": city_id, "status": "failed"})
     assert listed.status_code == 200
     [item] = listed.json()["items"]
@@ -196,7 +198,9 @@ async def test_admin_lists_jobs_by_status_city_and_user(served: ServedApp) -> No
         0,
     )
     everything = await served.admin.get("/v1/jobs/list", params={"user_id": user_id})
-    assert len(everything.json()["items"]) == 2
+    assert sorted((item["job_id"], item["status"]) for item in everything.json()["items"]) == sorted(
+        [(failing["job_id"], "failed"), (succeeding["job_id"], "succeeded")]
+    )
     bad = await served.admin.get("/v1/jobs/list", params={"status": "done"})
     assert (bad.status_code, bad.json()["error"]["field"]) == (422, "status")
 
@@ -292,14 +296,16 @@ async def test_killing_the_manager_with_200_pending_jobs_finishes_all_and_bills_
 
     async with user_client(served, token) as client:
         job_ids = await asyncio.gather(*(one(client, i) for i in range(200)))
-    await kill_and_await_restart()
-    deadline = asyncio.get_running_loop().time() + 20
-    while asyncio.get_running_loop().time() < deadline:
+
+    async def jobs_rows() -> list[Any]:
         async with db.connect() as conn:
-            rows = (await conn.execute(select(async_jobs).where(async_jobs.c.job_id.in_(job_ids)))).all()
-        if all(row.next_poll_at_ms is None for row in rows):
-            break
-        await asyncio.sleep(0.25)
+            return list((await conn.execute(select(async_jobs).where(async_jobs.c.job_id.in_(job_ids)))).all())
+
+    # The kill must land on work in flight: the last jobs created still wait for their two polls (300 ms apart).
+    pending_at_kill = sum(1 for row in await jobs_rows() if row.next_poll_at_ms is not None)
+    await kill_and_await_restart()
+    rows = await eventually(jobs_rows, lambda rows: all(row.next_poll_at_ms is None for row in rows), timeout_s=60)
+    assert pending_at_kill > 0
     by_id = {row.job_id: row for row in rows}
     statuses = [by_id[job_id].status for job_id in job_ids]
     assert statuses == ["failed" if i % 5 == 0 else "succeeded" for i in range(200)]
