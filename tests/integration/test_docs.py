@@ -3,10 +3,11 @@
 - `python` blocks run in one namespace per page; `bash` blocks run with `bash -euo pipefail`, and what they
   `export` reaches the page's later blocks (python blocks read it from `os.environ`).
 - A `text` block right after a runnable block is that block's expected output; a `...` line matches any lines
-  and `...` inside a line any characters.
+  and `...` inside a line any characters. A block without one must print nothing.
 - `yaml` blocks are Serve configs (validated as `serve deploy` would, builder args included) or Ray cluster
   configs (validated by the cluster launcher's schema); `json` blocks must parse.
-- Each page gets a fresh Federation: `examples/federation.py` in process over HTTP (SQLite, the demo upstream),
+- Each page gets a fresh Federation: `examples/federation.py` in process over HTTP (SQLite, the demo upstream;
+  pages that start no `downcity up` run a second time on PostgreSQL),
   with `DOWNCITY_URL` and `DOWNCITY_ADMIN_KEY` set and `http://127.0.0.1:8000` in blocks and outputs standing
   for its URL. A bash block starting `downcity up` is started in the background on a free port instead
   (stopped by a later `downcity down` or at the end); pages calling `downcity status` without one get the
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import pytest
 import uvicorn
 import yaml
 
-from tests.conftest import listen_port, serve_port_base
+from tests.conftest import DatabaseFactory, listen_port, serve_port_base
 from tests.integration.conftest import ServedApp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,18 +103,22 @@ def output_pattern(expected: str) -> re.Pattern[str]:
 
 
 def check_output(block: Block, output: str) -> None:
-    if block.expected is None:
-        return
     actual = "".join(line.rstrip() + "\n" for line in output.rstrip().splitlines())
+    if block.expected is None:
+        if actual:
+            pytest.fail(f"{block.where}: prints output but no text block follows it\n--- actual\n{actual}", False)
+        return
     if output_pattern(block.expected).fullmatch(actual) is None:
         pytest.fail(f"{block.where}: output differs\n--- expected\n{block.expected}--- actual\n{actual}", False)
 
 
 class LocalFederation:
-    """The example Federation served over HTTP from a thread of this process, on a fresh SQLite database."""
+    """The example Federation served over HTTP from a thread of this process, on a fresh database (SQLite unless
+    `database_url` names another)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url
         self.url = f"http://127.0.0.1:{listen_port()}"
         self._server: uvicorn.Server | None = None
         self._ready = threading.Event()
@@ -125,7 +130,7 @@ class LocalFederation:
         from downcity.settings import Settings
         from examples.federation import federation
 
-        settings = Settings(data_dir=self.data_dir, admin_key=ADMIN_KEY)
+        settings = Settings(data_dir=self.data_dir, database_url=self.database_url, admin_key=ADMIN_KEY)
         runtime = await open_local_runtime(federation, settings)
         await runtime.env_store.set("DEEPSEEK_API_KEY", PROVIDER_KEY)
         port = int(self.url.rsplit(":", 1)[1])
@@ -313,16 +318,40 @@ def with_blocks(on_ray: bool) -> list[Path]:
     return [path for path in pages() if "```" in path.read_text() and uses_ray(path) == on_ray]
 
 
-@pytest.fixture
-def local_federation(tmp_path: Path, demo_upstream: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def starts_up(path: Path) -> bool:
+    """Whether the page starts a `downcity up` of its own (which keeps its own database)."""
+    return any(block.language == "bash" and block.code.startswith("downcity up") for block in blocks(path))
+
+
+@contextlib.contextmanager
+def serving_example(
+    tmp_path: Path, demo_upstream: str, monkeypatch: pytest.MonkeyPatch, database_url: str | None = None
+) -> Iterator[str]:
+    """The example Federation over the demo upstream, served for one page; yields its URL."""
     monkeypatch.setenv("EXAMPLE_UPSTREAM_URL", demo_upstream)
     import examples.federation
 
     # The module reads its upstream URL at import: an earlier import without it would call 127.0.0.1:9000.
     if demo_upstream != examples.federation.UPSTREAM_URL:
         importlib.reload(examples.federation)
-    with LocalFederation(tmp_path / "federation") as federation:
+    with LocalFederation(tmp_path / "federation", database_url) as federation:
         yield federation.url
+
+
+@pytest.fixture
+def local_federation(tmp_path: Path, demo_upstream: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serving_example(tmp_path, demo_upstream, monkeypatch) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_federation(
+    tmp_path: Path, demo_upstream: str, monkeypatch: pytest.MonkeyPatch, database_factory: DatabaseFactory
+) -> AsyncIterator[str]:
+    database_url = await database_factory.url("postgresql")
+    with serving_example(tmp_path, demo_upstream, monkeypatch, database_url) as url:
+        yield url
+    await database_factory.release(database_url)
 
 
 def test_every_block_in_the_docs_can_run() -> None:
@@ -341,6 +370,14 @@ def test_pages_checked_elsewhere_are_named_by_their_tests(page: str, test_file: 
 @pytest.mark.parametrize("path", with_blocks(on_ray=False), ids=lambda p: str(p.relative_to(DOCS)))
 def test_page(path: Path, local_federation: str, tmp_path: Path) -> None:
     run_page(Page(local_federation, page_env(local_federation, tmp_path), tmp_path), path)
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in with_blocks(on_ray=False) if not starts_up(p)], ids=lambda p: str(p.relative_to(DOCS))
+)
+async def test_page_on_postgresql(path: Path, postgres_federation: str, tmp_path: Path) -> None:
+    page = Page(postgres_federation, page_env(postgres_federation, tmp_path), tmp_path)
+    await asyncio.to_thread(run_page, page, path)
 
 
 @pytest.mark.ray

@@ -1,0 +1,79 @@
+"""What an image job shows its owner and the admin, state by state: no result before its charge is written."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from downcity.jobs.record import JobRecord
+
+RESULT = {"role": "assistant", "parts": [{"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,AA"}]}
+JOB = JobRecord(
+    job_id="job_1",
+    status="queued",
+    input={"prompt": "a cat"},
+    state={"provider_job_id": "up_1"},
+    city_id="web",
+    user_id="alice",
+    model_id="pic",
+    provider_id="img",
+    created_at_ms=1_000,
+    updated_at_ms=1_000,
+    idempotency_key="k1",
+    next_poll_at_ms=1_200,
+)
+
+
+@pytest.mark.parametrize(
+    ("job", "shown"),
+    [
+        (JOB, {"job_id": "job_1", "status": "queued", "poll_after_ms": 250}),
+        (
+            replace(JOB, status="running", poll_after_ms=900, message="half way"),
+            {"job_id": "job_1", "status": "running", "message": "half way", "poll_after_ms": 900},
+        ),
+        # Terminal but its charge not yet written: still running, result hidden.
+        (
+            replace(JOB, status="succeeded", result=RESULT, message="done"),
+            {"job_id": "job_1", "status": "running", "poll_after_ms": 250},
+        ),
+        (
+            replace(JOB, status="failed", error="content policy violation", poll_after_ms=40),
+            {"job_id": "job_1", "status": "running", "poll_after_ms": 40},
+        ),
+        (
+            replace(JOB, status="succeeded", result=RESULT, message="done", next_poll_at_ms=None),
+            {"job_id": "job_1", "status": "succeeded", "result": RESULT, "message": "done"},
+        ),
+        (
+            replace(JOB, status="failed", error="content policy violation", poll_after_ms=40, next_poll_at_ms=None),
+            {"job_id": "job_1", "status": "failed", "error": "content policy violation"},
+        ),
+    ],
+    ids=["queued", "running", "succeeded-unbilled", "failed-unreleased", "succeeded", "failed"],
+)
+def test_the_owner_sees_a_result_only_once_its_charge_is_written(job: JobRecord, shown: dict[str, object]) -> None:
+    assert job.to_public(default_poll_ms=250) == shown
+
+
+def test_the_admin_sees_everything_but_the_input_provider_state_result_lease_and_key() -> None:
+    job = replace(JOB, status="succeeded", result=RESULT, next_poll_at_ms=None, charge_microcredits=20_000)
+
+    assert job.to_admin() == {
+        "job_id": "job_1",
+        "status": "succeeded",
+        "city_id": "web",
+        "user_id": "alice",
+        "model_id": "pic",
+        "provider_id": "img",
+        "created_at_ms": 1_000,
+        "updated_at_ms": 1_000,
+        "error": None,
+        "message": None,
+        "poll_after_ms": None,
+        "attempts": 0,
+        "next_poll_at_ms": None,
+        "charge_microcredits": 20_000,
+        "finished_at_ms": None,
+    }
