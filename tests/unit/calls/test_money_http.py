@@ -264,7 +264,7 @@ async def test_a_client_that_leaves_after_content_pays_for_what_it_received(
     await _stream_until_text(app, path, body, marker)
 
     [row] = await _ended_usage(app)
-    assert (row.status, row.usage_source) == ("cancelled", "estimated")
+    assert (row.status, row.http_status, row.error_type, row.usage_source) == ("cancelled", 499, None, "estimated")
     assert row.output_tokens > 0 and row.input_tokens > 0
     charge = row.input_tokens + 2 * row.output_tokens
     assert (row.charge_microcredits, await app.balance()) == (charge, (100_000 - charge, 0))
@@ -280,7 +280,8 @@ async def test_a_client_that_leaves_before_any_content_pays_nothing(app: App) ->
             break
 
     [row] = await _ended_usage(app)
-    assert (row.status, row.charge_microcredits, await app.balance()) == ("cancelled", 0, (100_000, 0))
+    assert (row.status, row.http_status, row.error_type) == ("cancelled", 499, "client_disconnected")
+    assert (row.charge_microcredits, await app.balance()) == (0, (100_000, 0))
 
 
 async def test_the_openai_stream_sends_done_only_after_the_charge_is_durable(app: App) -> None:
