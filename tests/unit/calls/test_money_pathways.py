@@ -245,3 +245,21 @@ async def test_a_stream_too_long_to_store_is_charged_once_and_its_replay_is_refu
         },
     )
     assert await app.balance() == (CREDIT - BIG_PRICE, 0)
+
+
+async def test_a_ui_stream_shows_the_call_id_and_text_but_never_the_usage_report(app: App) -> None:
+    response = await app.http.post("/v1/ai/stream", json={"model": "tokens", "prompt": "one two"}, headers=app.user())
+
+    events = [event.removeprefix(b"data: ") for event in response.content.split(b"\n\n") if event]
+    chunks = [json.loads(event) for event in events[:-1]]
+    async with app.runtime.db.connect() as conn:
+        [request_id] = (await conn.execute(select(usage_records.c.request_id))).scalars()
+    assert (events[-1], chunks[0]) == (b"[DONE]", {"type": "start", "messageId": request_id})
+    assert [chunk["type"] for chunk in chunks] == ["start", "text-start", *["text-delta"] * 3, "text-end", "finish"]
+    assert chunks[-1]["messageMetadata"]["usage"] == {
+        "input_tokens": 2,
+        "output_tokens": 3,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+    }
+    assert await app.balance() == (CREDIT - (2 + 2 * 3), 0)

@@ -77,3 +77,46 @@ def test_the_admin_sees_everything_but_the_input_provider_state_result_lease_and
         "charge_microcredits": 20_000,
         "finished_at_ms": None,
     }
+
+
+@pytest.mark.parametrize(
+    ("job", "row"),
+    [
+        (
+            replace(JOB, status="succeeded", finished_at_ms=4_500),
+            {"status": "ok", "http_status": 200, "error_type": None, "duration_ms": 3_500, "created_at_ms": 4_500},
+        ),
+        (
+            replace(JOB, status="failed", error="content policy violation", updated_at_ms=2_000),
+            {
+                "status": "error",
+                "http_status": 502,
+                "error_type": "image_failed",
+                "duration_ms": 1_000,
+                "created_at_ms": 2_000,
+            },
+        ),
+        (
+            replace(JOB, status="failed", error="upstream timeout", finished_at_ms=61_000),
+            {
+                "status": "error",
+                "http_status": 504,
+                "error_type": "upstream_timeout",
+                "duration_ms": 60_000,
+                "created_at_ms": 61_000,
+            },
+        ),
+    ],
+    ids=["succeeded", "failed", "timed-out"],
+)
+def test_a_finished_job_is_one_usage_row_keyed_by_its_charge(job: JobRecord, row: dict[str, object]) -> None:
+    assert job.usage_row() == {
+        "request_id": "job_1",
+        "idempotency_key": "image:job_1",
+        "city_id": "web",
+        "user_id": "alice",
+        "pathway": "image",
+        "model_id": "pic",
+        "provider_id": "img",
+        **row,
+    }

@@ -112,3 +112,20 @@ async def test_a_write_the_database_cannot_commit_is_a_503_naming_the_failure(
 
     failure = {"sqlite": "OperationalError", "postgresql": "ProgrammingError"}[backend]
     assert refusal == (503, "ledger_unavailable", f"the ledger could not commit: {failure}", None)
+
+
+async def test_history_keeps_a_charges_ref_note_and_metadata(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    await ledger.reserve("call-1", "alice", 500)
+    await ledger.settle("call-1", "alice", 300, ref="req-1", note="3 images", metadata={"model": "pic"})
+
+    [charge, credit] = await ledger.history("alice")
+
+    assert (charge.kind, charge.amount_microcredits, charge.ref, charge.note, charge.metadata) == (
+        "charge",
+        300,
+        "req-1",
+        "3 images",
+        {"model": "pic"},
+    )
+    assert (credit.kind, credit.ref, credit.note, credit.metadata) == ("credit", None, None, None)
