@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,13 +119,16 @@ async def test_default_text_sends_normalized_body_with_upstream_model(respx_mock
 
 async def test_default_text_returns_message_and_usage(respx_mock: respx.MockRouter) -> None:
     respx_mock.post(CHAT_URL).mock(return_value=httpx.Response(200, json=completion("hello")))
+    started = time.perf_counter()
     outcome = await runner_for(chat).text(request("chat"))
+    elapsed_ms = (time.perf_counter() - started) * 1000
     assert outcome.output.role == "assistant"
     assert outcome.output.parts == [TextPart(text="hello")]
     assert outcome.output.id.startswith("msg_")
     assert outcome.usage == Usage(input_tokens=5, output_tokens=2, cached_tokens=1)
     assert outcome.charge is None
-    assert outcome.ttfb_ms is not None
+    # The first byte is timed inside the call: an integer number of milliseconds no longer than the call.
+    assert isinstance(outcome.ttfb_ms, int) and 0 <= outcome.ttfb_ms <= elapsed_ms
 
 
 async def test_default_text_maps_reasoning_and_tool_calls(respx_mock: respx.MockRouter) -> None:
