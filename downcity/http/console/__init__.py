@@ -35,7 +35,7 @@ async def _csrf_refused(_: Request, __: Exception) -> Response:
 
 def install_console(app: FastAPI, runtime: Runtime, system: SystemProbe | None = None) -> None:
     """Serve the console and its assets from `app`; `system` reports the cluster on the System page."""
-    app.state.console_signer = SessionSigner(runtime)
+    app.state.console_signer = SessionSigner(runtime.master_key, runtime.security)
     app.state.console_system = system
     app.mount("/console/static", StaticFiles(directory=STATIC_DIR), name="console-static")
     for module in (auth, pages, actions):

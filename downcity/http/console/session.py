@@ -13,7 +13,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from downcity.runtime import Runtime
+from downcity.runtime import Security
+from downcity.secrets import MasterKey
 from downcity.store.database import now_ms
 
 SESSION_COOKIE = "dc_console"
@@ -39,11 +40,11 @@ def _b64(raw: bytes) -> str:
 
 
 class SessionSigner:
-    """Issues and verifies console cookies and CSRF tokens for one runtime."""
+    """Issues and verifies console cookies and CSRF tokens under a key derived from the master key."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        material = b"downcity console session\x00" + runtime.master_key.encoded().encode()
+    def __init__(self, master_key: MasterKey, security: Security) -> None:
+        self._security = security
+        material = b"downcity console session\x00" + master_key.encoded().encode()
         self._key = hashlib.sha256(material).digest()
 
     def _mac(self, *parts: str) -> str:
@@ -67,15 +68,15 @@ class SessionSigner:
         session_id, issued, expires = parts[1], parts[2], parts[3]
         if not (issued.isdigit() and expires.isdigit()) or int(expires) <= now_ms():
             return None
-        revocations = self._runtime.security.revocation_cache
+        revocations = self._security.revocation_cache
         if revocations.is_revoked(REVOCATION_PREFIX + session_id, "", "", int(issued)):
             return None
         return Session(session_id, int(issued), int(expires))
 
     async def sign_out(self, session: Session) -> None:
         """Revoke the session on every replica."""
-        await self._runtime.security.revocations.revoke_token(REVOCATION_PREFIX + session.session_id)
-        await self._runtime.security.revocation_cache.refresh()
+        await self._security.revocations.revoke_token(REVOCATION_PREFIX + session.session_id)
+        await self._security.revocation_cache.refresh()
 
     def csrf(self, session_id: str) -> str:
         """The CSRF token every form of this session carries."""
