@@ -183,7 +183,7 @@ async def test_pausing_a_city_refuses_its_calls_and_a_revoked_token_is_refused(
     await page.get_by_role("button", name="Revoke").click()
     await expect(page.get_by_role("status")).to_have_text(f"Revoked token {token_id}.")
     revoked = await eventually(lambda: call_text(served, city_id, token), lambda r: r.status_code == 401)
-    assert revoked.json()["error"]["type"] == "unauthorized"
+    assert revoked.json()["error"]["type"] == "token_revoked"
 
 
 async def test_provider_keys_are_set_and_rotated_showing_only_previews(
