@@ -14,6 +14,7 @@ import pytest
 
 from downcity.http.console.session import SESSION_COOKIE, SessionSigner
 from downcity.secrets import MasterKey
+from downcity.store.schema import usage_records
 from tests.conftest import TEST_ADMIN_KEY
 from tests.unit.http.fakes import CITY_ID, App
 
@@ -142,3 +143,14 @@ async def test_a_key_set_through_the_console_shows_only_its_preview(app: App, br
     assert value not in stored.text
     preview = next(entry.preview for entry in await app.runtime.env_store.list() if entry.key == "X_KEY")
     assert f"<code data-preview>{preview}</code>" in stored.text
+
+
+async def test_the_csv_export_quotes_cells_and_defuses_formulas(app: App, browser: httpx.AsyncClient) -> None:
+    values = {"city_id": CITY_ID, "pathway": "text", "status": "ok", "http_status": 200, "created_at_ms": 1}
+    async with app.runtime.db.begin() as conn:
+        await conn.execute(usage_records.insert(), [{**values, "request_id": "r1", "user_id": "=HYPERLINK(1,2)"}])
+    exported = await browser.get("/console/usage.csv", params={"city_id": CITY_ID})
+    assert exported.headers["content-type"] == "text/csv; charset=utf-8"
+    lines = exported.text.splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith(f'1,r1,{CITY_ID},"\'=HYPERLINK(1,2)",text,')
