@@ -1,4 +1,5 @@
 // Downcity console: times in the browser's zone, copy buttons, and the Overview charts (uPlot).
+// PALETTE matches the .swatch colours in console.css, so each table row names its line.
 "use strict";
 
 function localTimes(root) {
