@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -9,6 +10,7 @@ from ray import serve
 from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
+from actors.cli.status import report, snapshot
 from actors.gateway import RayGateway
 from actors.jobs import JobManagerActor, JobManagerClient, get_job_manager
 from actors.ledger import LedgerClient, get_ledger
@@ -49,7 +51,12 @@ class Ingress:
         add_ray_checks(self._runtime.readiness, providers, ledger, manager, resolved.ready_requires_env)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._runtime)
+        return create_app(self._runtime, system=cluster_report)
+
+
+async def cluster_report() -> dict[str, Any]:
+    """What `downcity status --json` prints, asked from inside the cluster (off the replica's event loop)."""
+    return await asyncio.to_thread(lambda: report(snapshot()))
 
 
 def add_ray_checks(

@@ -129,20 +129,32 @@ def _applications() -> list[Application]:
     return applications
 
 
+def snapshot() -> ClusterStatus:
+    """Ask each part of the cluster this process is connected to how it is (blocking: call it off the loop)."""
+    import ray
+
+    nodes = len([node for node in ray.nodes() if node["Alive"]])  # type: ignore[no-untyped-call]
+    return ClusterStatus(
+        address=ray.get_runtime_context().gcs_address,
+        nodes=nodes,
+        applications=_applications(),
+        ledger=_ledger_health(),
+        job_manager=_job_manager_health(),
+    )
+
+
+def report(status: ClusterStatus) -> dict[str, Any]:
+    """What `--json` prints (and the console's System page shows)."""
+    return {"healthy": status.healthy, **asdict(status)}
+
+
 def collect(address: str) -> ClusterStatus:
     """Connect to the cluster at `address` and ask each part how it is."""
     import ray
 
     ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, logging_level=logging.ERROR)
     try:
-        nodes = len([node for node in ray.nodes() if node["Alive"]])  # type: ignore[no-untyped-call]
-        return ClusterStatus(
-            address=ray.get_runtime_context().gcs_address,
-            nodes=nodes,
-            applications=_applications(),
-            ledger=_ledger_health(),
-            job_manager=_job_manager_health(),
-        )
+        return snapshot()
     finally:
         ray.shutdown()
 
@@ -197,13 +209,13 @@ def status(
     from ray.exceptions import RayError
 
     try:
-        report = collect(target)
+        found = collect(target)
     except (ConnectionError, RayError) as exc:
         console.print(f"Ray is not reachable at {target}: {type(exc).__name__}: {exc}", markup=False)
         raise typer.Exit(1) from None
     if as_json:
-        typer.echo(json.dumps({"healthy": report.healthy, **asdict(report)}, indent=2))
+        typer.echo(json.dumps(report(found), indent=2))
     else:
-        _print(report)
-    if not report.healthy:
+        _print(found)
+    if not found.healthy:
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from downcity.calls.metering import count_tokens
+from downcity.http.console import SystemProbe, install_console
 from downcity.http.edge import EdgeRules
 from downcity.http.errors import install_error_handlers
 from downcity.http.limits import BodySizeLimit
@@ -40,8 +41,9 @@ def _secrets_of(runtime: Runtime) -> SecretSource:
     return secrets
 
 
-def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
-    """Build the app; with `manage_runtime` its lifespan starts and stops the runtime's refreshers."""
+def create_app(runtime: Runtime, *, manage_runtime: bool = True, system: SystemProbe | None = None) -> FastAPI:
+    """Build the app; with `manage_runtime` its lifespan starts and stops the runtime's refreshers, and `system`
+    reports the cluster on the console's System page."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +66,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True) -> FastAPI:
     install_error_handlers(app)
     for module in (public, ai, images, balance, cities, tokens, env, usage, jobs):
         app.include_router(module.router)
+    install_console(app, runtime, system)
     # Added last runs first: the size cap, then the edge rule, then the routes.
     app.add_middleware(EdgeRules)
     app.add_middleware(BodySizeLimit, max_bytes=runtime.settings.max_body_bytes)

@@ -14,12 +14,19 @@ from downcity.errors import invalid
 from downcity.store.database import Database
 from downcity.store.schema import usage_records
 
-GroupBy = Literal["city", "user", "model", "day"]
+GroupBy = Literal["city", "user", "model", "day", "provider", "account"]
+Bucket = Literal["hour", "day"]
+SeriesBy = Literal["city", "model"]
 UsageStatus = Literal["ok", "error", "refused", "cancelled"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_OFFSET = 1_000_000
+# 30 days of hours for 27 series: a chart's worth, far below what would strain a query or a page.
+MAX_BUCKET_ROWS = 20_000
+MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
+BUCKET_MS: dict[Bucket, int] = {"hour": MS_PER_HOUR, "day": MS_PER_DAY}
 # Epoch milliseconds beyond this are typos (the year 33658), not times.
 MAX_EPOCH_MS = 10**15
 _DURATION = re.compile(r"^(\d{1,9})([smhdw])$")
@@ -71,7 +78,8 @@ class UsageRecord(BaseModel):
 
 
 class UsageSummaryRow(BaseModel):
-    """Totals of one group: `key` is the city id, user id, model id or UTC day (`YYYY-MM-DD`)."""
+    """Totals of one group: `key` is the city id, user id, model id, UTC day (`YYYY-MM-DD`), provider id or
+    account (`<city_id>/<user_id>`)."""
 
     key: str | None
     requests: int
@@ -142,24 +150,49 @@ class UsageFilter:
         return and_(true(), *clauses)
 
 
+def _check_offset(offset: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise invalid(f"offset must be an integer from 0 to {MAX_OFFSET}", "offset")
+    return offset
+
+
 def _check_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise invalid(f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
     return limit
 
 
-async def list_usage(db: Database, usage_filter: UsageFilter, limit: int = DEFAULT_LIMIT) -> list[UsageRecord]:
-    """The matching records, newest first."""
+async def list_usage(
+    db: Database, usage_filter: UsageFilter, limit: int = DEFAULT_LIMIT, offset: int = 0
+) -> list[UsageRecord]:
+    """The matching records, newest first, skipping the first `offset`."""
     columns = usage_records.c
     stmt = (
         select(*(columns[name] for name in _RECORD_COLUMNS))
         .where(usage_filter.where())
         .order_by(columns.created_at_ms.desc(), columns.request_id.desc())
         .limit(_check_limit(limit))
+        .offset(_check_offset(offset))
     )
     async with db.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [UsageRecord.model_validate(dict(row._mapping)) for row in rows]
+
+
+def _slot(size_ms: int) -> ColumnElement[Any]:
+    # A literal divisor: a bound one would differ between SELECT and GROUP BY on PostgreSQL.
+    return usage_records.c.created_at_ms // literal_column(str(size_ms))
+
+
+def _totals() -> tuple[ColumnElement[Any], ...]:
+    columns = usage_records.c
+    return (
+        func.count().label("requests"),
+        func.coalesce(func.sum(case((columns.status != "ok", 1), else_=0)), 0).label("errors"),
+        func.coalesce(func.sum(columns.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(columns.output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(columns.charge_microcredits), 0).label("charge_microcredits"),
+    )
 
 
 def _summary_select(group_by: GroupBy) -> Select[Any]:
@@ -168,21 +201,13 @@ def _summary_select(group_by: GroupBy) -> Select[Any]:
         "city": columns.city_id,
         "user": columns.user_id,
         "model": columns.model_id,
-        # A literal divisor: a bound one would differ between SELECT and GROUP BY on PostgreSQL.
-        "day": columns.created_at_ms // literal_column(str(MS_PER_DAY)),
+        "day": _slot(MS_PER_DAY),
+        "provider": columns.provider_id,
+        "account": columns.city_id + literal_column("'/'") + columns.user_id,
     }
     key = keys[group_by].label("key")
-    input_tokens = func.coalesce(func.sum(columns.input_tokens), 0)
-    output_tokens = func.coalesce(func.sum(columns.output_tokens), 0)
     charge = func.coalesce(func.sum(columns.charge_microcredits), 0)
-    stmt = select(
-        key,
-        func.count().label("requests"),
-        func.coalesce(func.sum(case((columns.status != "ok", 1), else_=0)), 0).label("errors"),
-        input_tokens.label("input_tokens"),
-        output_tokens.label("output_tokens"),
-        charge.label("charge_microcredits"),
-    ).group_by(key)
+    stmt = select(key, *_totals()).group_by(key)
     if group_by == "day":
         return stmt.order_by(key.desc())
     return stmt.order_by(charge.desc(), func.count().desc(), key.asc().nulls_last())
@@ -192,8 +217,8 @@ async def summarize_usage(
     db: Database, usage_filter: UsageFilter, group_by: GroupBy = "model", limit: int = DEFAULT_LIMIT
 ) -> list[UsageSummaryRow]:
     """Totals per group: newest day first, or the biggest spenders first for city, user and model."""
-    if group_by not in ("city", "user", "model", "day"):
-        raise invalid("group_by must be one of city, user, model, day", "group_by")
+    if group_by not in ("city", "user", "model", "day", "provider", "account"):
+        raise invalid("group_by must be one of city, user, model, day, provider, account", "group_by")
     stmt = _summary_select(group_by).where(usage_filter.where()).limit(_check_limit(limit))
     async with db.connect() as conn:
         rows = (await conn.execute(stmt)).all()
@@ -205,6 +230,51 @@ async def summarize_usage(
             errors=int(row.errors),
             input_tokens=int(row.input_tokens),
             output_tokens=int(row.output_tokens),
+            total_tokens=int(row.input_tokens) + int(row.output_tokens),
+            charge_microcredits=int(row.charge_microcredits),
+        )
+        for row in rows
+    ]
+
+
+class UsageBucketRow(BaseModel):
+    """Totals of one series (`key`: a city or model id) in one time bucket starting at `start_ms`."""
+
+    start_ms: int
+    key: str | None
+    requests: int
+    errors: int
+    total_tokens: int
+    charge_microcredits: int
+
+
+async def usage_over_time(
+    db: Database, usage_filter: UsageFilter, bucket: Bucket, series: SeriesBy
+) -> list[UsageBucketRow]:
+    """Totals per UTC hour or day and per city or model, oldest bucket first (empty buckets are absent); at most
+    `MAX_BUCKET_ROWS` rows, the oldest."""
+    if bucket not in BUCKET_MS:
+        raise invalid("bucket must be hour or day", "bucket")
+    if series not in ("city", "model"):
+        raise invalid("series must be city or model", "series")
+    columns = usage_records.c
+    slot = _slot(BUCKET_MS[bucket]).label("slot")
+    key = (columns.city_id if series == "city" else columns.model_id).label("key")
+    stmt = (
+        select(slot, key, *_totals())
+        .where(usage_filter.where())
+        .group_by(slot, key)
+        .order_by(slot.asc(), key.asc().nulls_last())
+        .limit(MAX_BUCKET_ROWS)
+    )
+    async with db.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        UsageBucketRow(
+            start_ms=int(row.slot) * BUCKET_MS[bucket],
+            key=row.key,
+            requests=int(row.requests),
+            errors=int(row.errors),
             total_tokens=int(row.input_tokens) + int(row.output_tokens),
             charge_microcredits=int(row.charge_microcredits),
         )
