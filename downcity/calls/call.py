@@ -75,6 +75,7 @@ class Call:
     timeout_ms: int | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     key_name: str | None = None
+    fallen_back: bool = False
 
     @property
     def account(self) -> str:
@@ -124,6 +125,7 @@ class Call:
         if target is None:
             return False
         self.fallback_from = self.fallback_from or self.model.id
+        self.fallen_back = True
         self.model = target
         self.ctx.model = target
         return True
@@ -187,6 +189,8 @@ class Call:
                 charged_microcredits=charged_microcredits,
                 latency_s=time.perf_counter() - self.started,
                 ttfb_s=ttfb_ms / 1000 if ttfb_ms is not None else None,
+                retries=max(0, len(self.attempts) - 1),
+                fell_back=self.fallen_back,
             )
         )
 

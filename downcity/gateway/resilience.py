@@ -270,6 +270,11 @@ class Upstream:
         )
         self.keys = KeyPool(provider.env_keys, provider.key_rest_s, env, provider.breaker, clock, on_change)
 
+    def scopes(self) -> list[str]:
+        """The breakers this upstream keeps: ``deployment`` and ``key:<name>`` for each key with one."""
+        keys = [f"key:{name}" for name in self.keys.breakers]
+        return (["deployment"] if self.breaker is not None else []) + keys
+
     def snapshot(self) -> dict[str, Any]:
         """This replica's breaker and keys, for `downcity status`."""
         return {
