@@ -125,7 +125,8 @@ def _job_manager_health() -> ActorHealth:
     return ActorHealth(JOB_MANAGER_NAME, True, f"{answer['scheduled']} scheduled, {answer['in_flight']} in flight")
 
 
-def _resilience() -> list[ReplicaResilience]:
+def provider_resilience() -> list[ReplicaResilience]:
+    """Every provider replica's breakers and key pool, asked of the replica actors themselves."""
     import ray.util
 
     replicas = sorted(
@@ -177,7 +178,7 @@ def collect(address: str) -> ClusterStatus:
             applications=_applications(),
             ledger=_ledger_health(),
             job_manager=_job_manager_health(),
-            resilience=_resilience(),
+            resilience=provider_resilience(),
         )
     finally:
         ray.shutdown()

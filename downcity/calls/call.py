@@ -112,12 +112,16 @@ class Call:
         if key_name is not None:
             self.key_name = key_name
 
+    def took_from(self, error: DowncityHTTPError) -> None:
+        """Add the attempts a failed provider action reported with its error (once: they are taken off it)."""
+        self.took(list(error.detail.pop("attempts", None) or []), error.detail.pop("key_name", None))
+
     def fall_back_after(self, error: DowncityHTTPError) -> bool:
         """After the model failed (nothing sent yet): switch to its first matching error fallback, if any.
 
         The call keeps its hold, entry and usage row: a fallback model's charge is bounded by the same hold.
         """
-        self.took(list(error.detail.get("attempts") or []), None)
+        self.took_from(error)
         tried = {attempt["model"] for attempt in self.attempts} | {self.model.id}
         target = error_fallback(
             self.runtime.federation, self.model, Failure.of(error), self.pathway, tried, self.reserved

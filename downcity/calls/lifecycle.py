@@ -246,6 +246,8 @@ class _StreamState:
         """The stream stopped before its end: bill what was delivered, or release the hold if nothing was."""
         self.done = True
         call = self.call
+        if error is not None:
+            call.took_from(error)
         if not self.delivery.delivered:
             await call.fail(error or DowncityHTTPError(499, "client_disconnected", "client disconnected"), "cancelled")
             await self.claim.abandon()

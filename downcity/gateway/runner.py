@@ -72,6 +72,17 @@ def _metering_summary(ctx: Context, served: Served[Any]) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _reporting(served: Served[Any]) -> Iterator[None]:
+    """A stream failing after its first chunk still reports the attempts that opened it, and their key."""
+    try:
+        yield
+    except DowncityHTTPError as error:
+        error.detail.setdefault("attempts", served.attempts)
+        error.detail.setdefault("key_name", served.key)
+        raise
+
+
 async def _opened(source: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
     """A stream's first item (None when it is empty) and the stream; closed again when the first item fails."""
     try:
@@ -171,9 +182,10 @@ class ProviderRunner:
         ctx, first, source = served.value
         chunks = _rest(first, source, served.deadline)
         batches = coalesce(chunks, lambda: {"type": USAGE_CHUNK_TYPE, "data": _metering_summary(ctx, served)})
-        async with closing_stream(batches):
-            async for batch in batches:
-                yield batch
+        with _reporting(served):
+            async with closing_stream(batches):
+                async for batch in batches:
+                    yield batch
 
     async def openai(self, req: ActionRequest) -> OpenAIOutcome:
         """Non-streaming chat/completions: the provider's `openai`, else auto passthrough."""
@@ -208,9 +220,10 @@ class ProviderRunner:
         served = await self.upstream.attempt(self._model(req, "openai"), open_stream, req.timeout_ms)
         ctx, first, source = served.value
         chunks = _rest(first, source, served.deadline)
-        async with closing_stream(chunks):
-            async for data in chunks:
-                yield data
+        with _reporting(served):
+            async with closing_stream(chunks):
+                async for data in chunks:
+                    yield data
         yield _metering_summary(ctx, served)
 
     async def image_create(self, req: ActionRequest) -> ImageJobResult:
