@@ -1,12 +1,14 @@
 """The Federation of the resilience tests: retrying, falling back, breaking, timing out and key-pooled models.
 
 Every provider talks to the session's demo upstream (`EXAMPLE_UPSTREAM_URL`), except `blackhole`, whose
-address (`RESILIENCE_BLACKHOLE_URL`) accepts no connection, so its connect timeout fires.
+address accepts no connection, so its connect timeout fires: each process importing this module listens on a
+port of its own with a full accept queue (the kernel then drops new connection attempts).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from downcity import AIService, ChargeDraft, Context, Federation
@@ -14,7 +16,24 @@ from downcity.ai.openai_compatible import OpenAICompatibleProvider
 from downcity.ai.resilience import Breaker, Retry, Timeouts
 
 UPSTREAM_URL = os.environ.get("EXAMPLE_UPSTREAM_URL", "http://127.0.0.1:9000/v1")
-BLACKHOLE_URL = os.environ.get("RESILIENCE_BLACKHOLE_URL", "http://127.0.0.1:9/v1")
+
+
+def _full_listener() -> tuple[str, list[socket.socket]]:
+    """A local URL whose accept queue is full, and the sockets that keep it so (they live with the process)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(2):
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    return f"http://127.0.0.1:{port}/v1", [server, *fillers]
+
+
+BLACKHOLE_URL, _BLACKHOLE_SOCKETS = _full_listener()
 KEY = "DEEPSEEK_API_KEY"
 POOL = ["POOL_A_KEY", "POOL_B_KEY"]
 HOLD = 5_000

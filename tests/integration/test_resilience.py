@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,9 +30,11 @@ from downcity.runtime import load_federation
 from downcity.store import Database
 from downcity.store.schema import ledger_entries, usage_records
 from tests.integration import resilience_federation as spec
-from tests.integration.conftest import DEPLOY_DEADLINE_S, ServedApp, eventually
+from tests.integration.conftest import ServedApp, eventually
 
-pytestmark = pytest.mark.ray
+# The module's first test also waits for the session app and this one to deploy.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+SETUP_DEADLINE_S = 180
 
 FEDERATION = "tests.integration.resilience_federation:federation"
 APP = "downcity-resilience"
@@ -100,39 +101,17 @@ class _Opened:
         await self.db.dispose()
 
 
-@pytest.fixture(scope="module")
-def blackhole() -> Iterator[str]:
-    """An address whose accept queue is full, so a new connection hangs (the connect timeout fires)."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(2):
-        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        filler.setblocking(False)
-        filler.connect_ex(("127.0.0.1", port))
-        fillers.append(filler)
-    yield f"http://127.0.0.1:{port}/v1"
-    for filler in fillers:
-        filler.close()
-    server.close()
-
-
-def deploy(database_url: str, data_dir: str, env: dict[str, str]) -> None:
-    """The app composition of `actors.app.build`, its replicas given `env`, as APP under PREFIX."""
+def deploy(database_url: str, data_dir: str) -> None:
+    """The app composition of `actors.app.build`, as APP under PREFIX."""
     args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir)
     settings = args.settings()
-    runtime_env = {"env_vars": env}
     providers = {
         provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}", ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env})
+        .options(name=f"provider-{provider_id}")
         .bind(FEDERATION, provider_id, settings)
         for provider_id in load_federation(FEDERATION).providers
     }
-    ingress = cast(Deployment, Ingress).options(
-        name="ingress", ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env}
-    )
+    ingress = cast(Deployment, Ingress).options(name="ingress")
     serve.run(ingress.bind(FEDERATION, settings, providers, args.control_resources), name=APP, route_prefix=PREFIX)
 
 
@@ -141,9 +120,8 @@ async def app(served: ServedApp, blackhole: str, tmp_path_factory: pytest.TempPa
     for key, value in (("POOL_A_KEY", REFUSED_KEY), ("POOL_B_KEY", GOOD_KEY)):
         stored = await served.admin.post("/v1/env/set", json={"key": key, "value": value})
         assert stored.status_code == 200, stored.text
-    env = {"RESILIENCE_BLACKHOLE_URL": blackhole}
     await asyncio.wait_for(
-        asyncio.to_thread(deploy, served.database_url, str(tmp_path_factory.mktemp("resil")), env), DEPLOY_DEADLINE_S
+        asyncio.to_thread(deploy, served.database_url, str(tmp_path_factory.mktemp("resil"))), SETUP_DEADLINE_S
     )
     yield Resilient(served.url + PREFIX, served)
     await asyncio.to_thread(serve.delete, APP)
