@@ -19,9 +19,9 @@ def unwrap(error: BaseException) -> BaseException:
     """The DowncityHTTPError a replica raised, instead of Ray's wrapper around it."""
     if isinstance(error, RayTaskError) and isinstance(error.cause, DowncityHTTPError):
         cause = error.cause
-        return DowncityHTTPError(cause.status, cause.type, cause.message, cause.field)
+        return DowncityHTTPError(cause.status, cause.type, cause.message, cause.field, cause.detail)
     if isinstance(error, DowncityHTTPError):
-        return DowncityHTTPError(error.status, error.type, error.message, error.field)
+        return DowncityHTTPError(error.status, error.type, error.message, error.field, error.detail)
     return DowncityHTTPError(502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}")
 
 

@@ -20,6 +20,8 @@ CALL_TAGS = ("city", "model", "provider", "status")
 LATENCY_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 COMMIT_BUCKETS_S = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
 JOBS_REPORT_INTERVAL_S = 5.0
+# `downcity_breaker_state`: 0 closed, 1 half-open, 2 open.
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class RayMetrics:
@@ -49,6 +51,13 @@ class RayMetrics:
         self.fetch_lag = Gauge(
             "downcity_image_fetch_lag_ms", "image_fetch start behind its due time, recent polls", ("quantile",)
         )
+        self.retries = Counter("downcity_upstream_retries", "upstream attempts beyond a call's first", CALL_TAGS)
+        self.fallbacks = Counter("downcity_fallbacks", "calls another model answered after an error", CALL_TAGS)
+        self.breaker_state = Gauge(
+            "downcity_breaker_state",
+            "a replica's circuit breaker: 0 closed, 1 half-open, 2 open",
+            ("provider", "scope"),
+        )
 
     def call_finished(self, call: CallMetrics) -> None:
         """Count the call, its tokens and charge, and observe its latency and time to first byte."""
@@ -66,6 +75,14 @@ class RayMetrics:
         self.latency.observe(call.latency_s, tags)
         if call.ttfb_s is not None:
             self.ttfb.observe(call.ttfb_s, tags)
+        if call.retries > 0:
+            self.retries.inc(call.retries, tags)
+        if call.fell_back:
+            self.fallbacks.inc(1, tags)
+
+    def breaker_changed(self, provider: str, scope: str, state: str) -> None:
+        """Set a provider replica's breaker gauge (`scope` is ``deployment`` or ``key:<name>``)."""
+        self.breaker_state.set(BREAKER_STATES[state], {"provider": provider, "scope": scope})
 
     def ledger_batch(self, *, shard: int, ops: int, queue_depth: int, commit_s: float) -> None:
         """Set the shard's queue depth and observe its commit time."""

@@ -7,8 +7,10 @@ from typing import Any
 
 from ray import serve
 
+from actors.metrics import ray_metrics
 from downcity.env import EnvCache, EnvStore
 from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
+from downcity.gateway.resilience import CLOSED
 from downcity.gateway.runner import ProviderRunner
 from downcity.readiness import missing_env
 from downcity.runtime import load_federation
@@ -43,7 +45,15 @@ class ProviderDeployment:
         await self._env.start()
         # This replica holds its provider's keys: no log line it writes may carry one.
         scrub_everywhere(self._env.stored_values)
-        self._runner = ProviderRunner(provider, models, self._env)
+        metrics = ray_metrics()
+        self._runner = ProviderRunner(
+            provider,
+            models,
+            self._env,
+            on_state_change=lambda scope, state: metrics.breaker_changed(provider_id, scope, state),
+        )
+        for scope in self._runner.upstream.scopes():
+            metrics.breaker_changed(provider_id, scope, CLOSED)
 
     async def text(self, req: ActionRequest) -> TextOutcome:
         """The provider's text action."""
@@ -74,6 +84,10 @@ class ProviderDeployment:
     async def video(self, req: ActionRequest) -> VideoOutcome:
         """The provider's video action."""
         return await self._runner.video(req)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve's per-replica stats hook: this replica's circuit breakers and key pool, read by `downcity status`."""
+        return {"resilience": self._runner.upstream.snapshot()}
 
     async def missing_env(self, keys: list[str]) -> list[str]:
         """Which of `keys` this replica cannot read yet (readiness waits for seeded provider keys)."""

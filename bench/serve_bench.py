@@ -144,11 +144,36 @@ def seed(url: str) -> str:
     return str(token.json()["user_token"])
 
 
+# --- issue 16: the text path with retries configured (and no faults) against the same path without ---------
+
+
+def compare_retries(args: argparse.Namespace, url: str, user: dict[str, str], app_args: AppArgs) -> None:
+    """Deploy the demo catalog with retries as a second app and print both text paths' req/s and their ratio.
+
+    Both apps share the database, Ledger and upstream; the rounds interleave the two, as `main` does.
+    """
+    retrying = app_args.model_copy(update={"federation": "downcity.demo.federation:retrying_federation"})
+    serve.run(build(retrying), name="downcity-retries", route_prefix="/retries")
+    body = {"prompt": "hello bench"}
+    targets = [
+        Target("text, no retries", f"{url}/v1/ai/text", body, user),
+        Target("text, Retry(attempts=3)", f"{url}/retries/v1/ai/text", body, user),
+    ]
+    rounds = [[measure(target, args) for target in targets] for _ in range(args.rounds)]
+    plain, retried = (median_result([round_[i] for round_ in rounds]) for i in range(len(targets)))
+    serve.delete("downcity-retries")
+    print(f"\nretries configured, no faults ({args.connections} connections, median of {args.rounds} rounds):")
+    for r in (plain, retried):
+        print(f"{r.name:36} {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms  non-2xx 0")
+    print(f"text path with retries vs without: {retried.rps / plain.rps:.1%} of the req/s (target >= 97%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="every target is measured once per round")
+    parser.add_argument("--retries", action="store_true", help="also compare the text path with retries configured")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -189,6 +214,8 @@ def main() -> None:
         # Rounds interleave the targets, so a drift in the machine's speed hits every target alike.
         rounds = [[measure(target, args) for target in targets] for _ in range(args.rounds)]
         results = [median_result([round_[i] for round_ in rounds]) for i in range(len(targets))]
+        if args.retries:
+            compare_retries(args, url, user, app_args)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -16,6 +16,7 @@ from downcity.ai.messages import (
 from downcity.ai.openai_client import OpenAICompatibleClient
 from downcity.ai.openai_compatible import OpenAICompatibleProvider
 from downcity.ai.provider import FallbackRule, MediaInfo, ModelConfig, Provider
+from downcity.ai.resilience import Breaker, Failure, Retry, Timeouts
 from downcity.ai.service import AIService
 from downcity.errors import DowncityHTTPError
 from downcity.settings import Settings
@@ -34,10 +35,12 @@ from downcity.types import (
 __all__ = [
     "AIService",
     "ActionResult",
+    "Breaker",
     "ChargeDraft",
     "CityInfo",
     "Context",
     "DowncityHTTPError",
+    "Failure",
     "FallbackRule",
     "Federation",
     "FederationFileError",
@@ -51,8 +54,10 @@ __all__ = [
     "OpenAICompatibleProvider",
     "Provider",
     "ReasoningPart",
+    "Retry",
     "Settings",
     "TextPart",
+    "Timeouts",
     "ToolCallPart",
     "UIMessage",
     "Usage",

@@ -6,14 +6,20 @@ from typing import Any
 
 
 class DowncityHTTPError(Exception):
-    """An error with an HTTP status, a snake_case type, a human message and an optional field."""
+    """An error with an HTTP status, a snake_case type, a human message and an optional field.
 
-    def __init__(self, status: int, type: str, message: str, field: str | None = None) -> None:
+    `detail` is for the runtime only (the upstream's status, the attempts a call made), never in a response.
+    """
+
+    def __init__(
+        self, status: int, type: str, message: str, field: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.field = field
+        self.detail: dict[str, Any] = dict(detail) if detail else {}
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body every route returns for this error."""
@@ -23,7 +29,7 @@ class DowncityHTTPError(Exception):
         return {"error": error}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DowncityHTTPError, (self.status, self.type, self.message, self.field))
+        return (DowncityHTTPError, (self.status, self.type, self.message, self.field, self.detail or None))
 
     def __repr__(self) -> str:
         return f"DowncityHTTPError({self.status}, {self.type!r}, {self.message!r}, field={self.field!r})"
@@ -69,6 +75,6 @@ def upstream_error(message: str) -> DowncityHTTPError:
     return DowncityHTTPError(502, "upstream_error", message)
 
 
-def upstream_timeout(message: str) -> DowncityHTTPError:
-    """504 when the upstream did not answer in time."""
-    return DowncityHTTPError(504, "upstream_timeout", message)
+def upstream_timeout(message: str, timeout: str | None = None) -> DowncityHTTPError:
+    """504 when the upstream did not answer in time; `timeout` names the one that fired (``connect``, …)."""
+    return DowncityHTTPError(504, "upstream_timeout", message, detail={"timeout": timeout} if timeout else None)

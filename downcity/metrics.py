@@ -24,6 +24,8 @@ class CallMetrics:
     charged_microcredits: int
     latency_s: float
     ttfb_s: float | None
+    retries: int = 0
+    fell_back: bool = False
 
 
 class Metrics(Protocol):

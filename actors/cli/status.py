@@ -18,6 +18,9 @@ from actors.cli.lifecycle import DataDirOption, RunFile, resolve_data_dir
 from actors.serving import RAY_NAMESPACE
 
 PING_TIMEOUT_S = 10.0
+# Serve names each replica actor `SERVE_REPLICA::<app>#<deployment>#<id>` in its own namespace.
+SERVE_NAMESPACE = "serve"
+REPLICA_PREFIX = "SERVE_REPLICA::"
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -50,6 +53,16 @@ class Application:
 
 
 @dataclass
+class ReplicaResilience:
+    """One provider replica's circuit breaker and key pool (each replica keeps its own)."""
+
+    replica: str
+    provider: str
+    breaker: dict[str, Any] | None
+    keys: list[dict[str, Any]]
+
+
+@dataclass
 class ClusterStatus:
     """Everything `status` reports; healthy when every part is."""
 
@@ -58,6 +71,7 @@ class ClusterStatus:
     applications: list[Application]
     ledger: list[ActorHealth]
     job_manager: ActorHealth
+    resilience: list[ReplicaResilience] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -68,16 +82,16 @@ class ClusterStatus:
         return apps_ok and bool(self.ledger) and all(a.healthy for a in self.ledger) and self.job_manager.healthy
 
 
-def _ask(actor: str, method: str) -> Any:
+def _ask(actor: str, method: str, namespace: str = RAY_NAMESPACE) -> Any:
     import ray
 
-    handle = ray.get_actor(actor, namespace=RAY_NAMESPACE)
+    handle = ray.get_actor(actor, namespace=namespace)
     return ray.get(getattr(handle, method).remote(), timeout=PING_TIMEOUT_S)
 
 
-def _check(actor: str, method: str) -> tuple[bool, Any]:
+def _check(actor: str, method: str, namespace: str = RAY_NAMESPACE) -> tuple[bool, Any]:
     try:
-        return True, _ask(actor, method)
+        return True, _ask(actor, method, namespace)
     except Exception as exc:
         # Only the type: an actor error's text may carry its database URL, password included.
         return False, type(exc).__name__
@@ -111,6 +125,28 @@ def _job_manager_health() -> ActorHealth:
     return ActorHealth(JOB_MANAGER_NAME, True, f"{answer['scheduled']} scheduled, {answer['in_flight']} in flight")
 
 
+def provider_resilience() -> list[ReplicaResilience]:
+    """Every provider replica's breakers and key pool, asked of the replica actors themselves."""
+    import ray.util
+
+    replicas = sorted(
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry["namespace"] == SERVE_NAMESPACE
+        and entry["name"].startswith(REPLICA_PREFIX)
+        and entry["name"].split("#")[-2].startswith("provider-")
+    )
+    found = []
+    for name in replicas:
+        # Serve's per-replica stats hook, which `ProviderDeployment.record_routing_stats` answers.
+        ok, stats = _check(name, "record_routing_stats", SERVE_NAMESPACE)
+        state = stats.get("resilience") if ok and isinstance(stats, dict) else None
+        if isinstance(state, dict):
+            replica = name.removeprefix(REPLICA_PREFIX)
+            found.append(ReplicaResilience(replica, state["provider"], state["breaker"], state["keys"]))
+    return found
+
+
 def _text(value: Any) -> str:
     # Serve's status dataclasses hold enum members or plain strings depending on where they were built.
     return str(getattr(value, "value", value))
@@ -140,6 +176,7 @@ def snapshot() -> ClusterStatus:
         applications=_applications(),
         ledger=_ledger_health(),
         job_manager=_job_manager_health(),
+        resilience=provider_resilience(),
     )
 
 
@@ -180,6 +217,30 @@ def _print(status: ClusterStatus) -> None:
         kind = "JobManager" if actor is status.job_manager else "Ledger"
         detail = f" ({actor.detail})" if actor.detail else ""
         console.print(f"{kind} {actor.actor}: {_mark(actor.healthy)}{detail}")
+    if status.resilience:
+        _print_resilience(status.resilience)
+
+
+def _breaker_text(breaker: dict[str, Any] | None) -> str:
+    if breaker is None:
+        return "-"
+    if breaker["state"] == "open":
+        return f"[red]open[/] (probe in {breaker['retry_in_s']:g} s)"
+    failures = breaker["consecutive_failures"]
+    return f"{breaker['state']}" + (f" ({failures} failing)" if failures else "")
+
+
+def _print_resilience(replicas: list[ReplicaResilience]) -> None:
+    table = Table("provider replica", "breaker", "keys", box=box.MINIMAL, show_edge=False, header_style="bold")
+    for replica in replicas:
+        keys = ", ".join(
+            f"{key['key']}"
+            + (f" resting {key['resting_s']:g} s" if key["resting_s"] else "")
+            + (f" breaker {_breaker_text(key['breaker'])}" if "breaker" in key else "")
+            for key in replica.keys
+        )
+        table.add_row(replica.replica, _breaker_text(replica.breaker), keys or "-")
+    console.print(table)
 
 
 def _target(address: str | None, data_dir: Path | None) -> str:

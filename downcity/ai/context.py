@@ -143,6 +143,8 @@ class Context:
         self.output: Any = None
         self.error: BaseException | None = None
         self.duration_ms: int | None = None
+        # The key variable this attempt uses, picked from the provider's key pool by the provider deployment.
+        self.key_name: str | None = None
 
     def __repr__(self) -> str:
         return f"Context(request_id={self.request_id!r}, pathway={self.pathway!r}, model={self.model.id!r})"
@@ -163,6 +165,14 @@ class Context:
         if self.http_client is None:
             raise RuntimeError("this context has no HTTP client: only provider actions get one")
         return self.http_client
+
+    def api_key(self) -> str:
+        """The upstream API key of this attempt: the pool's pick (`key_name`); 503 when none is set."""
+        if self.key_name is None:
+            raise DowncityHTTPError(
+                503, "provider_not_configured", f"provider '{self.provider.id}' has no API key variable"
+            )
+        return self.env(self.key_name)
 
     def env(self, key: str) -> str:
         """The value of a provider environment variable; 503 naming the key when it is unset."""

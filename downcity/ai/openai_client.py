@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from downcity.ai.messages import build_assistant_message, read_openai_compatible_sse_usage, trim_trailing_slash
+from downcity.ai.resilience import retry_after_s
 from downcity.errors import DowncityHTTPError, upstream_error, upstream_timeout
 from downcity.types import ToolCallPart, UIMessage, Usage
 
@@ -58,11 +60,16 @@ def upstream_malformed(message: str) -> DowncityHTTPError:
 def _mapped_transport_errors() -> Iterator[None]:
     try:
         yield
+    except httpx.ConnectTimeout:
+        raise upstream_timeout("the upstream did not answer in time (connect timeout)", "connect") from None
     except httpx.TimeoutException:
-        raise upstream_timeout("the upstream did not answer in time") from None
+        raise upstream_timeout("the upstream did not answer in time (read timeout)", "read") from None
     except httpx.TransportError as exc:
         raise DowncityHTTPError(
-            502, "upstream_unavailable", f"could not reach the upstream ({type(exc).__name__})"
+            502,
+            "upstream_unavailable",
+            f"could not reach the upstream ({type(exc).__name__})",
+            detail={"kind": "connect"},
         ) from None
 
 
@@ -74,8 +81,13 @@ def _status_error(response: httpx.Response) -> DowncityHTTPError:
     except (ValueError, AttributeError):
         pass
     code = next((c for c in candidates if isinstance(c, str) and c in UPSTREAM_ERROR_CODES), None)
-    detail = f" ({code})" if code else ""
-    return upstream_error(f"upstream returned HTTP {response.status_code}{detail}")
+    named = f" ({code})" if code else ""
+    error = upstream_error(f"upstream returned HTTP {response.status_code}{named}")
+    error.detail = {"upstream_status": response.status_code}
+    wait = retry_after_s(response.headers, time.time())
+    if wait is not None:
+        error.detail["retry_after_s"] = wait
+    return error
 
 
 def _sse_data(line: str) -> str | None:
@@ -106,15 +118,21 @@ class OpenAICompatibleClient:
     http: httpx.AsyncClient | None = None
     timeout_s: float | None = None
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    connect_timeout_s: float | None = None
     path: str = "/chat/completions"
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleClient(base_url={self.base_url!r})"
 
-    def bind(self, http: httpx.AsyncClient, timeout_s: float) -> OpenAICompatibleClient:
-        """This client, using `http` and `timeout_s` where it has none of its own."""
+    def bind(
+        self, http: httpx.AsyncClient, timeout_s: float, connect_timeout_s: float | None = None
+    ) -> OpenAICompatibleClient:
+        """This client, using `http` and the timeouts where it has none of its own."""
         return dataclasses.replace(
-            self, http=self.http or http, timeout_s=self.timeout_s if self.timeout_s else timeout_s
+            self,
+            http=self.http or http,
+            timeout_s=self.timeout_s if self.timeout_s else timeout_s,
+            connect_timeout_s=self.connect_timeout_s or connect_timeout_s,
         )
 
     @property
@@ -177,7 +195,8 @@ class OpenAICompatibleClient:
         return headers
 
     def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self.timeout_s or 60.0)
+        timeout = self.timeout_s or 60.0
+        return httpx.Timeout(timeout, connect=self.connect_timeout_s or timeout)
 
 
 def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:

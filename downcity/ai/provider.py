@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from downcity.ai.hooks import HookHost, Hooks
+from downcity.ai.resilience import NO_RETRY, Breaker, ErrorMatch, Retry, Timeouts, error_match
 from downcity.errors import DowncityHTTPError
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage
 
@@ -47,23 +48,37 @@ def media_type_matches(pattern: str, media_type: str) -> bool:
 
 @dataclass(frozen=True)
 class FallbackRule:
-    """When `match` is true for a file the model cannot handle, run `model` (a config or a model id)."""
+    """Run `model` (a config or a model id) instead, when `match` holds.
 
-    match: Callable[[MediaInfo], bool]
+    ``on="media"`` (the default): `match` takes each file the model cannot handle. ``on="error"``: `match` takes
+    the `Failure` of the model's upstream call (after its retries, before the first byte reached the client).
+    """
+
+    match: Callable[[MediaInfo], bool] | ErrorMatch
     model: ModelConfig | str
+    on: str = "media"
 
     @classmethod
     def coerce(cls, rule: FallbackRule | Mapping[str, Any]) -> FallbackRule:
-        """A rule from a `FallbackRule` or the ``{"match": fn, "model": other}`` dict form."""
+        """A rule from a `FallbackRule`, ``{"match": fn, "model": other}`` or ``{"on": "error", ...}``."""
         if isinstance(rule, FallbackRule):
             return rule
-        if not isinstance(rule, Mapping) or set(rule) != {"match", "model"}:
-            raise ValueError("a fallback rule is a FallbackRule or a dict with exactly 'match' and 'model'")
-        match, model = rule["match"], rule["model"]
-        if not callable(match):
-            raise ValueError("a fallback rule's 'match' must be callable")
+        if not isinstance(rule, Mapping) or "model" not in rule or not set(rule) <= {"on", "match", "model"}:
+            raise ValueError(
+                "a fallback rule is a FallbackRule or a dict of exactly 'match' and 'model', and optionally 'on'"
+            )
+        on, model = rule.get("on", "media"), rule["model"]
+        if on == "media" and "match" not in rule:
+            raise ValueError("a fallback rule is a FallbackRule or a dict of exactly 'match' and 'model'")
+        if on not in ("media", "error"):
+            raise ValueError("a fallback rule's 'on' is 'media' or 'error'")
         if not isinstance(model, ModelConfig | str):
             raise ValueError("a fallback rule's 'model' must be a ModelConfig or a model id")
+        if on == "error":
+            return cls(match=error_match(rule.get("match")), model=model, on="error")
+        match = rule.get("match")
+        if not callable(match):
+            raise ValueError("a fallback rule's 'match' must be callable")
         return cls(match=match, model=model)
 
     @property
@@ -87,6 +102,8 @@ class ModelConfig(HookHost):
     upstream_model: str = ""
     media: tuple[str, ...] = ()
     hooks: Hooks = field(default_factory=Hooks)
+    retry: Retry | None = None
+    timeouts: Timeouts | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -112,6 +129,16 @@ class ModelConfig(HookHost):
                 f"model '{self.id}' is billable but declares no hold_microcredits: set the most one call may cost, "
                 "so every call is admitted inside a hold"
             )
+
+    @property
+    def retry_policy(self) -> Retry:
+        """The model's retry rule, else its provider's, else a single attempt."""
+        return self.retry or self.provider.retry or NO_RETRY
+
+    @property
+    def timeout_policy(self) -> Timeouts:
+        """The model's timeouts over its provider's."""
+        return (self.timeouts or Timeouts()).over(self.provider.timeouts)
 
     @property
     def billable(self) -> bool:
@@ -167,21 +194,35 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         id: str,
         *,
         env: Sequence[str] = (),
-        env_key: str | None = None,
+        env_key: str | Sequence[str] | None = None,
         base_url: str | None = None,
         passthrough_model: str | None = None,
         timeout_s: float = 60.0,
+        retry: Retry | None = None,
+        timeouts: Timeouts | None = None,
+        breaker: Breaker | None = None,
+        key_rest_s: float = 60.0,
     ) -> None:
         if not isinstance(id, str) or not _ID_PATTERN.match(id):
             raise ValueError(f"provider id {id!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if timeout_s <= 0:
             raise ValueError(f"provider '{id}': timeout_s must be positive")
+        if key_rest_s <= 0:
+            raise ValueError(f"provider '{id}': key_rest_s must be positive")
         self.id = id
         self.env: tuple[str, ...] = (env,) if isinstance(env, str) else tuple(env)
-        self.env_key = env_key
+        # Several keys make a pool: calls spread across them and a refused or rate-limited key rests.
+        self.env_keys: tuple[str, ...] = (env_key,) if isinstance(env_key, str) else tuple(env_key or ())
+        if len(set(self.env_keys)) != len(self.env_keys) or not all(self.env_keys):
+            raise ValueError(f"provider '{id}': env_key names each key variable once")
+        self.env_key = self.env_keys[0] if self.env_keys else None
         self.base_url = base_url
         self.passthrough_model = passthrough_model
         self.timeout_s = timeout_s
+        self.retry = retry
+        self.timeouts = (timeouts or Timeouts()).over(Timeouts(connect_s=min(10.0, timeout_s)))
+        self.breaker = breaker
+        self.key_rest_s = key_rest_s
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
@@ -230,6 +271,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         upstream_model: str | None = None,
         media: Sequence[str] | str = (),
         hooks: Hooks | None = None,
+        retry: Retry | None = None,
+        timeouts: Timeouts | None = None,
     ) -> ModelConfig:
         """A model served by this provider; `default` lists the pathways it is the default model for."""
         return ModelConfig(
@@ -244,6 +287,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
             upstream_model=upstream_model or id,
             media=(media,) if isinstance(media, str) else tuple(media),
             hooks=hooks if hooks is not None else Hooks(),
+            retry=retry,
+            timeouts=timeouts,
         )
 
     def create_client(self, api_key: str, base_url: str) -> OpenAICompatibleClient:

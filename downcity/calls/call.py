@@ -24,11 +24,12 @@ from typing import Any
 from downcity.ai.context import Context, Metering
 from downcity.ai.hooks import run_after, run_before, run_on_error
 from downcity.ai.provider import ModelConfig
+from downcity.ai.resilience import Failure
 from downcity.auth.caller import Caller
 from downcity.calls.admission import admit
 from downcity.calls.charge import resolve_charge
-from downcity.calls.resolution import apply_fallback, extract_media, resolve_model
-from downcity.errors import DowncityHTTPError
+from downcity.calls.resolution import apply_fallback, error_fallback, extract_media, resolve_model
+from downcity.errors import DowncityHTTPError, invalid
 from downcity.gateway.actions import ActionRequest
 from downcity.ledger.outbox import Outbox, PendingSettle
 from downcity.metrics import CallMetrics
@@ -37,6 +38,9 @@ from downcity.store.database import now_ms
 from downcity.types import ChargeDraft, Usage
 
 logger = logging.getLogger(__name__)
+
+# The longest total timeout a caller may ask for (`timeout_ms`); it can only shorten the model's own.
+MAX_CALLER_TIMEOUT_MS = 3_600_000
 
 
 def new_request_id() -> str:
@@ -68,6 +72,10 @@ class Call:
     reserved: bool = False
     settled: bool = False
     usage_source: str = "upstream"
+    timeout_ms: int | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    key_name: str | None = None
+    fallen_back: bool = False
 
     @property
     def account(self) -> str:
@@ -89,7 +97,42 @@ class Call:
             user=self.ctx.user,
             city=self.ctx.city,
             locals=self.ctx.locals,
+            timeout_ms=self.remaining_ms(),
         )
+
+    def remaining_ms(self) -> int | None:
+        """What is left of the caller's total timeout, if it set one (at least 1 ms)."""
+        if self.timeout_ms is None:
+            return None
+        return max(1, self.timeout_ms - self.elapsed_ms())
+
+    def took(self, attempts: list[dict[str, Any]], key_name: str | None) -> None:
+        """Add the upstream attempts a provider deployment made for this call, and the key that served it."""
+        self.attempts.extend(attempts)
+        if key_name is not None:
+            self.key_name = key_name
+
+    def took_from(self, error: DowncityHTTPError) -> None:
+        """Add the attempts a failed provider action reported with its error (once: they are taken off it)."""
+        self.took(list(error.detail.pop("attempts", None) or []), error.detail.pop("key_name", None))
+
+    def fall_back_after(self, error: DowncityHTTPError) -> bool:
+        """After the model failed (nothing sent yet): switch to its first matching error fallback, if any.
+
+        The call keeps its hold, entry and usage row: a fallback model's charge is bounded by the same hold.
+        """
+        self.took_from(error)
+        tried = {attempt["model"] for attempt in self.attempts} | {self.model.id}
+        target = error_fallback(
+            self.runtime.federation, self.model, Failure.of(error), self.pathway, tried, self.reserved
+        )
+        if target is None:
+            return False
+        self.fallback_from = self.fallback_from or self.model.id
+        self.fallen_back = True
+        self.model = target
+        self.ctx.model = target
+        return True
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the call was admitted."""
@@ -117,6 +160,8 @@ class Call:
             "duration_ms": self.elapsed_ms(),
             "ttfb_ms": self.ctx.metering.ttfb_ms,
             "usage_source": self.usage_source,
+            "attempts": self.attempts or None,
+            "key_name": self.key_name,
             "created_at_ms": now_ms(),
         }
 
@@ -148,12 +193,15 @@ class Call:
                 charged_microcredits=charged_microcredits,
                 latency_s=time.perf_counter() - self.started,
                 ttfb_s=ttfb_ms / 1000 if ttfb_ms is not None else None,
+                retries=max(0, len(self.attempts) - 1),
+                fell_back=self.fallen_back,
             )
         )
 
     def record_report(self, report: dict[str, Any]) -> None:
         """Take a streamed `{usage, charge, ttfb_ms}` report from the provider deployment into the context."""
         charge = report.get("charge")
+        self.took(list(report.get("attempts") or []), report.get("key_name"))
         self.record(
             Usage.model_validate(report.get("usage") or {}),
             ChargeDraft.model_validate(charge) if charge else None,
@@ -228,6 +276,15 @@ class Call:
         await run_on_error(self.ctx, self.chain)
 
 
+def caller_timeout_ms(value: Any) -> int | None:
+    """The caller's total timeout (`timeout_ms`, or the `X-Downcity-Timeout-Ms` header): 1 ms to 1 hour."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CALLER_TIMEOUT_MS:
+        raise invalid(f"timeout_ms must be an integer from 1 to {MAX_CALLER_TIMEOUT_MS}", "timeout_ms")
+    return value
+
+
 async def begin_call(
     runtime: Runtime,
     caller: Caller,
@@ -238,10 +295,11 @@ async def begin_call(
 ) -> Call:
     """Resolve, run `before` hooks and admit a call; raises before any provider work on refusal."""
     federation = runtime.federation
+    timeout_ms = caller_timeout_ms(body.get("timeout_ms"))
     requested = resolve_model(federation, pathway, body.get("model"))
     model, fallback_from = apply_fallback(federation, requested, extract_media(body), pathway)
     ctx = Context(
-        input=dict(body),
+        input={name: value for name, value in body.items() if name != "timeout_ms"},
         user=caller.user_info(),
         city=caller.city_info(),
         model=model,
@@ -261,6 +319,7 @@ async def begin_call(
         ctx=ctx,
         chain=federation.hook_chain(model),
         idempotency_key=idempotency_key,
+        timeout_ms=timeout_ms,
     )
     try:
         await run_before(ctx, call.chain)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from downcity.ai.messages import build_assistant_message
 from downcity.auth.caller import Caller
@@ -32,6 +32,8 @@ from downcity.gateway.actions import USAGE_CHUNK_TYPE
 from downcity.runtime import Runtime
 from downcity.secrets import SCRUBBER
 from downcity.types import ChargeDraft
+
+T = TypeVar("T")
 
 # A stream longer than this is not stored for replay; its replays get 409 `idempotency_stream_replay`.
 MAX_STORED_STREAM_BYTES = 4 * 1024 * 1024
@@ -104,7 +106,8 @@ async def text(runtime: Runtime, caller: Caller, body: dict[str, Any], client_ke
         return Answer(claim.replay.body, replayed=True)
     call = await _begin(claim, runtime, caller, "text", body)
     try:
-        outcome = await runtime.gateway.text(call.model.provider.id, call.action_request())
+        outcome = await _falling_back(call, lambda: runtime.gateway.text(call.model.provider.id, call.action_request()))
+        call.took(outcome.attempts, outcome.key_name)
         call.record(outcome.usage, outcome.charge, outcome.ttfb_ms)
         charge = await call.succeed(outcome.output)
     except DowncityHTTPError as error:
@@ -124,7 +127,10 @@ async def chat(runtime: Runtime, caller: Caller, body: dict[str, Any], client_ke
         return Answer(claim.replay.body, replayed=True)
     call = await _begin(claim, runtime, caller, "openai", body)
     try:
-        outcome = await runtime.gateway.openai(call.model.provider.id, call.action_request())
+        outcome = await _falling_back(
+            call, lambda: runtime.gateway.openai(call.model.provider.id, call.action_request())
+        )
+        call.took(outcome.attempts, outcome.key_name)
         call.record(outcome.usage, outcome.charge, None)
         await call.succeed(outcome.body)
     except DowncityHTTPError as error:
@@ -150,6 +156,30 @@ async def video(runtime: Runtime, caller: Caller, body: dict[str, Any], client_k
     result = {**outcome.body, "metadata": {"model": call.model.id, "charge": _charge_body(charge)}}
     await claim.complete(result)
     return Answer(result)
+
+
+async def _falling_back(call: Call, run: Callable[[], Awaitable[T]]) -> T:
+    """Run the call's provider action, moving to the model's error fallbacks while nothing was sent."""
+    while True:
+        try:
+            return await run()
+        except DowncityHTTPError as error:
+            if not call.fall_back_after(error):
+                raise
+
+
+async def _first_item(call: Call, open_stream: Callable[[], AsyncIterator[T]]) -> tuple[AsyncIterator[T], T | None]:
+    """A provider stream and its first item, moving to the model's error fallbacks until one arrives."""
+    while True:
+        stream = open_stream()
+        try:
+            return stream, await anext(stream)
+        except StopAsyncIteration:
+            return stream, None
+        except DowncityHTTPError as error:
+            await stream.aclose()  # type: ignore[attr-defined]
+            if not call.fall_back_after(error):
+                raise
 
 
 async def _fail_unsent(call: Call, claim: Claim, error: DowncityHTTPError) -> None:
@@ -216,6 +246,8 @@ class _StreamState:
         """The stream stopped before its end: bill what was delivered, or release the hold if nothing was."""
         self.done = True
         call = self.call
+        if error is not None:
+            call.took_from(error)
         if not self.delivery.delivered:
             await call.fail(error or DowncityHTTPError(499, "client_disconnected", "client disconnected"), "cancelled")
             await self.claim.abandon()
@@ -239,8 +271,12 @@ async def ui_stream(
 
 async def _ui_stream(state: _StreamState) -> AsyncGenerator[bytes, None]:
     call = state.call
+    # `start` carries only the message id, so an error fallback may still follow it: no content was sent.
     yield state.keep(frame({"type": "start", "messageId": call.request_id}))
-    async for batch in call.runtime.gateway.stream(call.model.provider.id, call.action_request()):
+    batches, first = await _first_item(
+        call, lambda: call.runtime.gateway.stream(call.model.provider.id, call.action_request())
+    )
+    async for batch in _chained(first, batches):
         visible = []
         for chunk in batch:
             if chunk.get("type") == USAGE_CHUNK_TYPE:
@@ -284,9 +320,20 @@ async def _open_stream(
     return _ended_once(state, run(state), error_event)
 
 
+async def _chained(first: T | None, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`first` (unless the stream was empty), then the rest of its stream."""
+    if first is not None:
+        yield first
+        async for item in rest:
+            yield item
+
+
 async def _chat_stream(state: _StreamState) -> AsyncGenerator[bytes, None]:
     call = state.call
-    async for item in call.runtime.gateway.openai_stream(call.model.provider.id, call.action_request()):
+    items, first = await _first_item(
+        call, lambda: call.runtime.gateway.openai_stream(call.model.provider.id, call.action_request())
+    )
+    async for item in _chained(first, items):
         if isinstance(item, dict):
             call.record_report(item)
             continue

@@ -1,4 +1,4 @@
-"""Which model runs a request: explicit id or pathway default, then media fallback."""
+"""Which model runs a request: explicit id or pathway default, then media fallback; error fallback on failure."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from downcity.ai.federation import Federation
 from downcity.ai.provider import MediaInfo, ModelConfig
+from downcity.ai.resilience import Failure
 from downcity.errors import DowncityHTTPError
 
 _OPENAI_IMAGE_PARTS = frozenset({"image_url", "input_image"})
@@ -77,11 +78,36 @@ def apply_fallback(
         return model, None
     models = federation.models
     for rule in model.fallback:
+        if rule.on != "media":
+            continue
         target = models.get(rule.model_id)
         if target is None or (pathway is not None and pathway not in target.pathways):
             continue
         if isinstance(rule.model, ModelConfig) and rule.model is not target:
             continue
-        if any(rule.match(info) for info in unsupported):
+        if any(rule.match(info) for info in unsupported):  # type: ignore[arg-type]
             return target, model.id
     return model, None
+
+
+def error_fallback(
+    federation: Federation, model: ModelConfig, failure: Failure, pathway: str, tried: set[str], held: bool
+) -> ModelConfig | None:
+    """The model to run after `model` failed, or None: its first ``on="error"`` rule that matches `failure`.
+
+    A target must be registered, serve `pathway` and not be tried already in this call; when the call holds
+    no credit (`held` false) a billable target is skipped, since nothing would bound its charge.
+    """
+    for rule in model.fallback:
+        if rule.on != "error":
+            continue
+        target = federation.models.get(rule.model_id)
+        if target is None or target.id in tried or pathway not in target.pathways:
+            continue
+        if isinstance(rule.model, ModelConfig) and rule.model is not target:
+            continue
+        if target.billable and not held:
+            continue
+        if rule.match(failure):  # type: ignore[arg-type]
+            return target
+    return None

@@ -109,6 +109,8 @@ class UsageRecord(_Result):
     duration_ms: int = 0
     ttfb_ms: int | None = None
     charge_microcredits: int = 0
+    attempts: list[dict[str, Any]] | None = None
+    key_name: str | None = None
     created_at_ms: int
 
 

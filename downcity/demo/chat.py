@@ -1,4 +1,11 @@
-"""`POST /v1/chat/completions` of the demo upstream: a deterministic echo with fault injection."""
+"""`POST /v1/chat/completions` of the demo upstream: a deterministic echo with fault injection.
+
+Markers in the last user message: `[[fail:NNN]]` answers HTTP NNN (only the first N times a text is sent with
+`[[fail-times:N]]`; with `Retry-After: S` or `retry-after-ms: MS` from `[[retry-after:S]]` /
+`[[retry-after-ms:MS]]`), `[[sleep:MS]]` waits before answering, `[[drop]]` / `[[drop:N]]` cuts a stream after
+2 / N events, `[[slow-stream:MS]]` spaces events, `[[malformed]]` sends invalid JSON. A key ending in `-401`,
+`-403` or `-429` is refused with that status.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,18 +25,23 @@ from downcity.demo.recording import RequestLog
 from downcity.demo.wire import (
     bearer_key,
     dumps,
+    error_response,
     json_response,
     markers,
     read_json_object,
     required_str,
 )
-from downcity.errors import DowncityHTTPError, bad_request
+from downcity.errors import bad_request
 
 _WORD = re.compile(r"\S+\s*")
 _IMAGE_PART_TYPES = frozenset({"image_url", "input_image"})
 _DONE = b"data: [DONE]\n\n"
 _NOT_JSON_EVENT = b"data: {this is not json\n\n"
 _SSE_HEADERS = {"cache-control": "no-cache"}
+# `[[drop]]` cuts a stream after this many events (the role chunk and the first word); `[[drop:N]]` after N.
+_DROP_AFTER_EVENTS = 2
+_KEY_FAULTS = frozenset({"-401", "-403", "-429"})
+_REMEMBERED_TEXTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,17 +180,30 @@ def _stream_response(events: list[bytes], found: dict[str, int | None]) -> Respo
         events = [*events[:2], _NOT_JSON_EVENT, _DONE]
     complete = "drop" not in found
     if not complete:
-        events = events[:2]
+        events = events[: found["drop"] or _DROP_AFTER_EVENTS]
     gap_ms = found.get("slow-stream") or 0
     if complete and not gap_ms:
         return Response(b"".join(events), media_type="text/event-stream", headers=_SSE_HEADERS)
     return PacedEventStream(events, gap_ms / 1000, complete)
 
 
-def _injected_failure(status: int) -> DowncityHTTPError:
+def _injected_failure(status: int, found: dict[str, int | None]) -> Response:
     if not 400 <= status <= 599:
-        return bad_request("[[fail:NNN]] needs an HTTP error status between 400 and 599", field="messages")
-    return DowncityHTTPError(status, "demo_fault", f"demo upstream: injected failure with HTTP {status}")
+        raise bad_request("[[fail:NNN]] needs an HTTP error status between 400 and 599", field="messages")
+    response = error_response(status, "demo_fault", f"demo upstream: injected failure with HTTP {status}")
+    if found.get("retry-after") is not None:
+        response.headers["retry-after"] = str(found["retry-after"])
+    if found.get("retry-after-ms") is not None:
+        response.headers["retry-after-ms"] = str(found["retry-after-ms"])
+    return response
+
+
+def _key_fault(key: str) -> Response | None:
+    """A key whose value ends in `-401`, `-403` or `-429` is refused with that status (to try key pools)."""
+    status = int(key[-3:]) if key[-4:] in _KEY_FAULTS else None
+    if status is None:
+        return None
+    return error_response(status, "demo_fault", f"demo upstream: this key is refused with HTTP {status}")
 
 
 class ChatCompletions:
@@ -185,6 +211,18 @@ class ChatCompletions:
 
     def __init__(self, log: RequestLog) -> None:
         self.log = log
+        # How many requests carrying `[[fail-times:N]]` each text failed so far (oldest texts forgotten first).
+        self._failed: OrderedDict[str, int] = OrderedDict()
+
+    def _should_fail(self, text: str, found: dict[str, int | None]) -> bool:
+        times = found.get("fail-times")
+        if times is None:
+            return True
+        failed = self._failed.pop(text, 0)
+        self._failed[text] = failed + 1
+        while len(self._failed) > _REMEMBERED_TEXTS:
+            self._failed.popitem(last=False)
+        return failed < times
 
     async def create(self, request: Request) -> Response | PacedEventStream:
         """Answer `Echo: <last user text>` as JSON or SSE, honouring fault markers."""
@@ -192,14 +230,17 @@ class ChatCompletions:
         body = await read_json_object(request)
         model = body.get("model")
         self.log.record(request.url.path, key, model if isinstance(model, str) else None)
+        refused = _key_fault(key)
+        if refused is not None:
+            return refused
         chat = parse_chat_request(body)
         found = markers(chat.last_user_text)
         sleep_ms = found.get("sleep")
         if sleep_ms:
             await asyncio.sleep(sleep_ms / 1000)
         fail_status = found.get("fail")
-        if fail_status is not None:
-            raise _injected_failure(fail_status)
+        if fail_status is not None and self._should_fail(chat.last_user_text, found):
+            return _injected_failure(fail_status, found)
         reply = "Echo: " + chat.last_user_text
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())

@@ -14,6 +14,7 @@ from downcity.ai.federation import Federation
 from downcity.ai.messages import build_image_message, trim_trailing_slash
 from downcity.ai.openai_compatible import OpenAICompatibleProvider
 from downcity.ai.provider import Provider
+from downcity.ai.resilience import Retry
 from downcity.ai.service import AIService
 from downcity.errors import DowncityHTTPError
 from downcity.types import MAX_IMAGE_COUNT, ChargeDraft, ImageJobResult, UIMessage
@@ -73,10 +74,15 @@ def image_hold(body: Mapping[str, Any]) -> int:
     return IMAGE_PRICE * (count if isinstance(count, int) and 1 <= count <= MAX_IMAGE_COUNT else MAX_IMAGE_COUNT)
 
 
-def build_demo_federation() -> Federation:
-    """The demo catalog: a default chat model, a vision model it falls back to for images, an image model."""
+def build_demo_federation(retry: Retry | None = None) -> Federation:
+    """The demo catalog: a default chat model, a vision model it falls back to for images, an image model.
+
+    `retry` configures the chat provider's retries (`retrying_federation` has them, for the benchmark).
+    """
     base_url = os.environ.get(DEMO_UPSTREAM_ENV, DEFAULT_DEMO_UPSTREAM)
-    provider = OpenAICompatibleProvider("demo", env=[DEMO_KEY_ENV], env_key=DEMO_KEY_ENV, base_url=base_url)
+    provider = OpenAICompatibleProvider(
+        "demo", env=[DEMO_KEY_ENV], env_key=DEMO_KEY_ENV, base_url=base_url, retry=retry
+    )
     # No env_key: it would give the image provider an auto-passthrough /chat/completions it has no use for.
     images = DemoImages("demo-images", env=[DEMO_KEY_ENV], base_url=base_url)
     vision = provider.model(
@@ -109,3 +115,5 @@ def build_demo_federation() -> Federation:
 
 
 federation = build_demo_federation()
+# The same catalog with retries configured: what `bench/serve_bench.py --retries` compares the text path against.
+retrying_federation = build_demo_federation(Retry(attempts=3))

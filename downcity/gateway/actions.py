@@ -27,9 +27,18 @@ class ActionRequest(BaseModel):
     city: CityInfo
     locals: dict[str, Any] = Field(default_factory=dict)
     job: dict[str, Any] | None = None
+    # The caller's total timeout left for this call, in ms (it may only shorten the model's).
+    timeout_ms: int | None = None
 
 
-class TextOutcome(BaseModel):
+class Attempts(BaseModel):
+    """The upstream attempts an action made (model, status, duration_ms, key) and the key that served it."""
+
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    key_name: str | None = None
+
+
+class TextOutcome(Attempts):
     """A text action's result; `charge` is the action's own charge only."""
 
     output: UIMessage
@@ -38,7 +47,7 @@ class TextOutcome(BaseModel):
     ttfb_ms: int | None = None
 
 
-class OpenAIOutcome(BaseModel):
+class OpenAIOutcome(Attempts):
     """A non-streaming chat/completions result: the OpenAI response body as-is, and its usage."""
 
     body: dict[str, Any]

@@ -7,10 +7,12 @@ hooks and settlement stay in the ingress; the runner never sees other providers'
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,10 +36,12 @@ from downcity.ai.provider import ModelConfig, Provider
 from downcity.errors import DowncityHTTPError, invalid
 from downcity.gateway.actions import USAGE_CHUNK_TYPE, ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
 from downcity.gateway.batching import closing_stream, coalesce
+from downcity.gateway.resilience import Deadline, Served, StateListener, Upstream
 from downcity.gateway.upstream_http import pooled_upstream_client
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage, Usage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The ingress frames every stream itself, so a provider's own framing chunks are dropped.
 _INGRESS_CHUNK_TYPES = frozenset({"start", "finish", USAGE_CHUNK_TYPE})
@@ -57,13 +61,59 @@ def _provider_errors(provider_id: str) -> Iterator[None]:
         ) from None
 
 
-def _metering_summary(ctx: Context) -> dict[str, Any]:
+def _metering_summary(ctx: Context, served: Served[Any]) -> dict[str, Any]:
     metering = ctx.metering
     return {
         "usage": metering.usage.model_dump(),
         "charge": metering.charge.model_dump() if metering.charge is not None else None,
         "ttfb_ms": metering.ttfb_ms,
+        "attempts": served.attempts,
+        "key_name": served.key,
     }
+
+
+@contextmanager
+def _reporting(served: Served[Any]) -> Iterator[None]:
+    """A stream failing after its first chunk still reports the attempts that opened it, and their key."""
+    try:
+        yield
+    except DowncityHTTPError as error:
+        error.detail.setdefault("attempts", served.attempts)
+        error.detail.setdefault("key_name", served.key)
+        raise
+
+
+async def _opened(source: AsyncIterator[T]) -> tuple[T | None, AsyncIterator[T]]:
+    """A stream's first item (None when it is empty) and the stream; closed again when the first item fails."""
+    try:
+        return await anext(source), source
+    except StopAsyncIteration:
+        return None, source
+    except BaseException:
+        await source.aclose()  # type: ignore[attr-defined]
+        raise
+
+
+async def _rest(first: T | None, source: AsyncIterator[T], deadline: Deadline | None) -> AsyncIterator[T]:
+    """The stream after its first item, each later item bounded by the call's total timeout."""
+    async with closing_stream(source):
+        if first is None:
+            return
+        yield first
+        total_at = deadline.total_at if deadline is not None else None
+        while True:
+            try:
+                if total_at is None:
+                    item = await anext(source)
+                else:
+                    async with asyncio.timeout(max(0.0, total_at - time.monotonic())):
+                        item = await anext(source)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                assert deadline is not None
+                raise deadline.fired(before_first_byte=False) from None
+            yield item
 
 
 class ProviderRunner:
@@ -75,6 +125,8 @@ class ProviderRunner:
         models: Mapping[str, ModelConfig],
         env: EnvReader,
         http: httpx.AsyncClient | None = None,
+        upstream: Upstream | None = None,
+        on_state_change: StateListener | None = None,
     ) -> None:
         for model_id, model in models.items():
             if model.provider.id != provider.id:
@@ -84,6 +136,7 @@ class ProviderRunner:
         self.env = env
         self._owns_http = http is None
         self.http = http if http is not None else pooled_upstream_client(provider.timeout_s)
+        self.upstream = upstream if upstream is not None else Upstream(provider, env, on_change=on_state_change)
 
     async def aclose(self) -> None:
         """Close the HTTP pool, if the runner created it."""
@@ -92,7 +145,11 @@ class ProviderRunner:
 
     async def text(self, req: ActionRequest) -> TextOutcome:
         """Run the text action: the provider's own, else the default built on `create_client`."""
-        ctx = self._context(req, "text")
+        served = await self.upstream.attempt(self._model(req, "text"), lambda key: self._text(req, key), req.timeout_ms)
+        return served.value.model_copy(update={"attempts": served.attempts, "key_name": served.key})
+
+    async def _text(self, req: ActionRequest, key: str | None) -> TextOutcome:
+        ctx = self._context(req, "text", key)
         with _provider_errors(self.provider.id):
             if self.provider.defines("text"):
                 result = await self.provider.text(ctx)
@@ -111,17 +168,33 @@ class ProviderRunner:
         )
 
     async def stream(self, req: ActionRequest) -> AsyncIterator[list[dict[str, Any]]]:
-        """Batches of UI message stream chunks; the last batch ends with the `data-downcity-usage` chunk."""
-        ctx = self._context(req, "stream")
-        source = self._custom_stream(ctx) if self.provider.defines("stream") else self._default_stream(ctx)
-        batches = coalesce(self._guarded(source), lambda: {"type": USAGE_CHUNK_TYPE, "data": _metering_summary(ctx)})
-        async with closing_stream(batches):
-            async for batch in batches:
-                yield batch
+        """Batches of UI message stream chunks; the last batch ends with the `data-downcity-usage` chunk.
+
+        Retries and timeouts apply until the first chunk arrives; after it, a failure ends the stream.
+        """
+
+        async def open_stream(key: str | None) -> tuple[Context, dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+            ctx = self._context(req, "stream", key)
+            source = self._custom_stream(ctx) if self.provider.defines("stream") else self._default_stream(ctx)
+            return (ctx, *await _opened(self._guarded(source)))
+
+        served = await self.upstream.attempt(self._model(req, "stream"), open_stream, req.timeout_ms)
+        ctx, first, source = served.value
+        chunks = _rest(first, source, served.deadline)
+        batches = coalesce(chunks, lambda: {"type": USAGE_CHUNK_TYPE, "data": _metering_summary(ctx, served)})
+        with _reporting(served):
+            async with closing_stream(batches):
+                async for batch in batches:
+                    yield batch
 
     async def openai(self, req: ActionRequest) -> OpenAIOutcome:
         """Non-streaming chat/completions: the provider's `openai`, else auto passthrough."""
-        ctx = self._context(req, "openai")
+        model = self._model(req, "openai")
+        served = await self.upstream.attempt(model, lambda key: self._openai(req, key), req.timeout_ms)
+        return served.value.model_copy(update={"attempts": served.attempts, "key_name": served.key})
+
+    async def _openai(self, req: ActionRequest, key: str | None) -> OpenAIOutcome:
+        ctx = self._context(req, "openai", key)
         with _provider_errors(self.provider.id):
             if self.provider.defines("openai"):
                 body = await self.provider.openai(ctx)
@@ -138,17 +211,27 @@ class ProviderRunner:
 
     async def openai_stream(self, req: ActionRequest) -> AsyncIterator[bytes | dict[str, Any]]:
         """Streaming chat/completions: upstream SSE bytes unchanged, then one dict of usage and charge."""
-        ctx = self._context(req, "openai")
-        with _provider_errors(self.provider.id):
+
+        async def open_stream(key: str | None) -> tuple[Context, bytes | None, AsyncIterator[bytes]]:
+            ctx = self._context(req, "openai", key)
             source = self._custom_openai_stream(ctx) if self.provider.defines("openai") else self._passthrough(ctx)
-            async with closing_stream(source):
-                async for data in source:
+            return (ctx, *await _opened(self._guarded(source)))
+
+        served = await self.upstream.attempt(self._model(req, "openai"), open_stream, req.timeout_ms)
+        ctx, first, source = served.value
+        chunks = _rest(first, source, served.deadline)
+        with _reporting(served):
+            async with closing_stream(chunks):
+                async for data in chunks:
                     yield data
-        yield _metering_summary(ctx)
+        yield _metering_summary(ctx, served)
 
     async def image_create(self, req: ActionRequest) -> ImageJobResult:
         """Start an upstream image job."""
-        ctx = self._context(req, "image")
+        return (await self.upstream.attempt(self._model(req, "image"), lambda key: self._image_create(req, key))).value
+
+    async def _image_create(self, req: ActionRequest, key: str | None) -> ImageJobResult:
+        ctx = self._context(req, "image", key)
         with _provider_errors(self.provider.id):
             return _image_result(await self.provider.image_create(ctx))
 
@@ -169,7 +252,7 @@ class ProviderRunner:
                 raise TypeError("video() must return a JSON object")
         return VideoOutcome(body=result, usage=ctx.metering.usage, charge=ctx.metering.charge)
 
-    def _context(self, req: ActionRequest, pathway: str) -> Context:
+    def _model(self, req: ActionRequest, pathway: str) -> ModelConfig:
         model = self.models.get(req.model_id)
         if model is None:
             raise DowncityHTTPError(422, "unknown_model", f"unknown model '{req.model_id}'", "model")
@@ -177,11 +260,14 @@ class ProviderRunner:
             raise DowncityHTTPError(
                 422, "unsupported_pathway", f"model '{model.id}' does not serve '{pathway}'", "model"
             )
-        return Context(
+        return model
+
+    def _context(self, req: ActionRequest, pathway: str, key: str | None = None) -> Context:
+        ctx = Context(
             input=dict(req.input),
             user=req.user,
             city=req.city,
-            model=model,
+            model=self._model(req, pathway),
             pathway=req.pathway,
             request_id=req.request_id,
             locals=dict(req.locals),
@@ -189,16 +275,19 @@ class ProviderRunner:
             env_reader=self.env,
             http_client=self.http,
         )
+        ctx.key_name = key or self.provider.env_key
+        return ctx
 
     def _client(self, ctx: Context) -> OpenAICompatibleClient:
         provider = self.provider
-        api_key = ctx.env(provider.env_key) if provider.env_key else ""
+        api_key = ctx.api_key() if provider.env_keys else ""
         base_url = trim_trailing_slash(provider.base_url or "")
         if provider.defines("create_client"):
             client = provider.create_client(api_key, base_url)
         else:
             client = OpenAICompatibleClient(api_key=api_key, base_url=base_url)
-        return client.bind(self.http, provider.timeout_s)
+        connect_s = self.models[ctx.model.id].timeout_policy.connect_s
+        return client.bind(self.http, provider.timeout_s, connect_s)
 
     async def _default_text(self, ctx: Context) -> ActionResult:
         response = await self._client(ctx).chat(normalize_openai_compatible_body(ctx.input, ctx.model))
@@ -232,7 +321,7 @@ class ProviderRunner:
                 if chunk.get("type") not in _INGRESS_CHUNK_TYPES:
                     yield chunk
 
-    async def _guarded(self, source: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async def _guarded(self, source: AsyncIterator[T]) -> AsyncIterator[T]:
         with _provider_errors(self.provider.id):
             async with closing_stream(source):
                 async for chunk in source:

@@ -7,7 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from downcity.auth.caller import Caller
+from downcity.calls.call import MAX_CALLER_TIMEOUT_MS
 from downcity.calls.replays import check_client_key
+from downcity.errors import bad_request
 from downcity.http.principal import authenticate_admin, authenticate_user
 from downcity.runtime import Runtime
 
@@ -47,3 +49,20 @@ async def get_idempotency_key(
 
 
 IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
+
+
+async def get_caller_timeout(
+    x_downcity_timeout_ms: Annotated[str | None, Header(alias="X-Downcity-Timeout-Ms")] = None,
+) -> int | None:
+    """The caller's total timeout from `X-Downcity-Timeout-Ms` (it may shorten the model's, never lengthen it)."""
+    if x_downcity_timeout_ms is None:
+        return None
+    value = x_downcity_timeout_ms.strip()
+    if not value.isdigit() or not 1 <= int(value) <= MAX_CALLER_TIMEOUT_MS:
+        raise bad_request(
+            f"X-Downcity-Timeout-Ms must be an integer from 1 to {MAX_CALLER_TIMEOUT_MS}", "X-Downcity-Timeout-Ms"
+        )
+    return int(value)
+
+
+CallerTimeoutDep = Annotated[int | None, Depends(get_caller_timeout)]

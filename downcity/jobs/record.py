@@ -143,6 +143,7 @@ class JobRecord:
             "pathway": "image",
             "model_id": self.model_id,
             "provider_id": self.provider_id,
+            "fallback_from": self.state.get("fallback_from"),
             "status": "error" if failed else "ok",
             "http_status": (504 if timed_out else 502) if failed else 200,
             "error_type": ("upstream_timeout" if timed_out else "image_failed") if failed else None,

@@ -13,9 +13,10 @@ from typing import Any
 from downcity.ai.context import CityInfo, Context, UserInfo
 from downcity.ai.federation import Federation
 from downcity.ai.hooks import run_before
+from downcity.ai.resilience import Failure
 from downcity.calls.admission import admit
 from downcity.calls.replays import ClaimScope, ClaimStore, Replay, request_hash
-from downcity.calls.resolution import resolve_model
+from downcity.calls.resolution import error_fallback, resolve_model
 from downcity.errors import DowncityHTTPError, conflict
 from downcity.gateway.actions import ActionRequest
 from downcity.gateway.ports import ProviderGateway
@@ -125,8 +126,10 @@ async def _create(
         locals=ctx.locals,
     )
     try:
-        created = await gateway.image_create(model.provider.id, request)
+        created = await _create_falling_back(federation, gateway, ctx, request, held)
         record = _new_record(ctx, created, key, default_poll_ms, digest)
+        if ctx.model.id != model.id:
+            record.state["fallback_from"] = model.id
         _check_storable("provider answer", {"state": record.state, "result": record.result})
     except BaseException:
         if held:
@@ -134,6 +137,24 @@ async def _create(
         raise
     # The claim admits one create per key; the unique key on the job is the backstop.
     return _same_request(await store.insert(record), digest)
+
+
+async def _create_falling_back(
+    federation: Federation, gateway: ProviderGateway, ctx: Context, request: ActionRequest, held: bool
+) -> ImageJobResult:
+    """`image_create` on the context's model, then on its error fallbacks while they match the failure."""
+    tried = {ctx.model.id}
+    while True:
+        try:
+            return await gateway.image_create(ctx.model.provider.id, request)
+        except DowncityHTTPError as error:
+            current = federation.models[ctx.model.id]
+            target = error_fallback(federation, current, Failure.of(error), "image", tried, held)
+            if target is None:
+                raise
+            tried.add(target.id)
+            ctx.model = target
+            request.model_id = target.id
 
 
 def _check_storable(what: str, value: Any) -> None:

@@ -50,6 +50,8 @@ _RECORD_COLUMNS = (
     "duration_ms",
     "ttfb_ms",
     "charge_microcredits",
+    "attempts",
+    "key_name",
     "created_at_ms",
 )
 
@@ -74,6 +76,8 @@ class UsageRecord(BaseModel):
     duration_ms: int
     ttfb_ms: int | None
     charge_microcredits: int
+    attempts: list[dict[str, Any]] | None = None
+    key_name: str | None = None
     created_at_ms: int
 
 

@@ -144,6 +144,10 @@ usage_records = Table(
     Column("ledger_entry_key", String(200), nullable=True),
     # "upstream" when the upstream reported the tokens, "estimated" when we metered what was delivered.
     Column("usage_source", String(16), nullable=False, default="upstream"),
+    # Every upstream attempt (model, status, duration_ms, key name) when the call retried or fell back.
+    Column("attempts", JSONType, nullable=True),
+    # The name (never the value) of the API key variable that served the call.
+    Column("key_name", String(128), nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Index("ix_usage_city_user_created", "city_id", "user_id", "created_at_ms"),
     Index("ix_usage_created", "created_at_ms"),

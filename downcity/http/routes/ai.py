@@ -9,10 +9,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from downcity.calls import lifecycle
 from downcity.calls.sse import UI_STREAM_HEADERS
-from downcity.http.deps import CallerDep, IdempotencyKeyDep, RuntimeDep
+from downcity.http.deps import CallerDep, CallerTimeoutDep, IdempotencyKeyDep, RuntimeDep
 from downcity.http.schemas import ChatCompletionRequest, TextRequest, VideoRequest
 
 router = APIRouter(prefix="/v1/ai")
+
+
+def _timed(payload: dict[str, Any], header_ms: int | None) -> dict[str, Any]:
+    """The body with the header's timeout as `timeout_ms`, unless the body asks for a shorter one."""
+    asked = payload.get("timeout_ms")
+    if header_ms is None or (isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= header_ms):
+        return payload
+    return {**payload, "timeout_ms": header_ms}
 
 
 def _answer(answer: lifecycle.Answer) -> JSONResponse:
@@ -27,27 +35,41 @@ async def list_models(runtime: RuntimeDep, caller: CallerDep) -> dict[str, Any]:
 
 @router.post("/text")
 async def text(
-    body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
+    body: TextRequest,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyDep,
+    timeout_ms: CallerTimeoutDep,
 ) -> Response:
     """Generate one assistant UIMessage."""
-    return _answer(await lifecycle.text(runtime, caller, body.model_dump(exclude_none=True), idempotency_key))
+    payload = _timed(body.model_dump(exclude_none=True), timeout_ms)
+    return _answer(await lifecycle.text(runtime, caller, payload, idempotency_key))
 
 
 @router.post("/stream")
 async def stream(
-    body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
+    body: TextRequest,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyDep,
+    timeout_ms: CallerTimeoutDep,
 ) -> StreamingResponse:
     """Stream one assistant message in the AI SDK UI message stream protocol."""
-    chunks = await lifecycle.ui_stream(runtime, caller, body.model_dump(exclude_none=True), idempotency_key)
+    payload = _timed(body.model_dump(exclude_none=True), timeout_ms)
+    chunks = await lifecycle.ui_stream(runtime, caller, payload, idempotency_key)
     return StreamingResponse(chunks, media_type="text/event-stream", headers=UI_STREAM_HEADERS)
 
 
 @router.post("/chat/completions")
 async def chat_completions(
-    body: ChatCompletionRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
+    body: ChatCompletionRequest,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyDep,
+    timeout_ms: CallerTimeoutDep,
 ) -> Response:
     """OpenAI-compatible chat/completions: the provider's `openai()` or auto-passthrough."""
-    payload = body.model_dump(exclude_unset=True)
+    payload = _timed(body.model_dump(exclude_unset=True), timeout_ms)
     if body.stream:
         chunks = await lifecycle.chat_stream(runtime, caller, payload, idempotency_key)
         return StreamingResponse(chunks, media_type="text/event-stream")

@@ -466,3 +466,42 @@ def test_module_entrypoint_prints_its_ready_line_and_serves() -> None:
             process.terminate()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells how it stopped.
     assert process.returncode == -signal.SIGTERM
+
+
+async def test_fail_times_marker_fails_a_text_only_its_first_n_times(client: httpx.AsyncClient) -> None:
+    body = chat_body("flaky once [[fail:500]] [[fail-times:1]]")
+    statuses = [(await client.post("/chat/completions", json=body)).status_code for _ in range(3)]
+    assert statuses == [500, 200, 200]
+
+
+async def test_retry_after_markers_set_the_failure_headers(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/chat/completions", json=chat_body("busy [[fail:429]] [[retry-after:2]] [[retry-after-ms:1500]]")
+    )
+    assert (response.status_code, response.headers["retry-after"], response.headers["retry-after-ms"]) == (
+        429,
+        "2",
+        "1500",
+    )
+
+
+async def test_drop_marker_with_a_count_closes_the_stream_after_that_many_chunks(client: httpx.AsyncClient) -> None:
+    lines: list[str] = []
+    with pytest.raises(httpx.RemoteProtocolError):
+        async with client.stream("POST", "/chat/completions", json=chat_body("a b c d [[drop:4]]", stream=True)) as r:
+            async for line in r.aiter_lines():
+                if line:
+                    lines.append(line)
+    assert [json.loads(line.removeprefix("data: "))["choices"][0]["delta"] for line in lines] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Echo: "},
+        {"content": "a "},
+        {"content": "b "},
+    ]
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+async def test_a_key_ending_in_a_status_is_refused_with_it(upstream: DemoUpstream, status: int) -> None:
+    async with httpx.AsyncClient(base_url=upstream.url, headers={"Authorization": f"Bearer sk-bad-{status}"}) as http:
+        response = await http.post("/chat/completions", json=chat_body("hi"))
+    assert (response.status_code, response.json()["error"]["code"]) == (status, "demo_fault")

@@ -115,6 +115,8 @@ async def test_list_returns_every_record_newest_first(db: Database) -> None:
         "duration_ms": 0,
         "ttfb_ms": None,
         "charge_microcredits": 50,
+        "attempts": None,
+        "key_name": None,
         "created_at_ms": MAY_1 + 1,
     }
 
