@@ -15,6 +15,7 @@ from downcity.ai.messages import (
 )
 from downcity.ai.openai_client import OpenAICompatibleClient
 from downcity.ai.openai_compatible import OpenAICompatibleProvider
+from downcity.ai.pricing import Price
 from downcity.ai.provider import FallbackRule, MediaInfo, ModelConfig, Provider
 from downcity.ai.service import AIService
 from downcity.errors import DowncityHTTPError
@@ -49,6 +50,7 @@ __all__ = [
     "ModelConfig",
     "OpenAICompatibleClient",
     "OpenAICompatibleProvider",
+    "Price",
     "Provider",
     "ReasoningPart",
     "Settings",

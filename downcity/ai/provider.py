@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from downcity.ai.hooks import HookHost, Hooks
+from downcity.ai.pricing import Price, price_from
 from downcity.errors import DowncityHTTPError
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage
 
@@ -87,6 +88,8 @@ class ModelConfig(HookHost):
     upstream_model: str = ""
     media: tuple[str, ...] = ()
     hooks: Hooks = field(default_factory=Hooks)
+    price: Price | None = None
+    max_output_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -97,6 +100,10 @@ class ModelConfig(HookHost):
         object.__setattr__(self, "default", tuple(self.default))
         object.__setattr__(self, "media", tuple(self.media))
         object.__setattr__(self, "fallback", tuple(FallbackRule.coerce(r) for r in self.fallback))
+        object.__setattr__(self, "price", price_from(self.price))
+        cap = self.max_output_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"model '{self.id}': max_output_tokens must be a positive integer")
         missing = [p for p in self.default if p not in self.pathways]
         if missing:
             raise ValueError(f"model '{self.id}' cannot be the default for {missing}: it serves {list(self.pathways)}")
@@ -107,15 +114,26 @@ class ModelConfig(HookHost):
             and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0)
         ):
             raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer or a function")
-        if (self.bill is not None or self.provider.has_bill) and not hold:
+        if (self.bill is not None or self.provider.has_bill) and not hold and self.effective_price is None:
             raise ValueError(
                 f"model '{self.id}' is billable but declares no hold_microcredits: set the most one call may cost, "
-                "so every call is admitted inside a hold"
+                "or a Price to derive it from, so every call is admitted inside a hold"
             )
 
     @property
+    def effective_price(self) -> Price | None:
+        """The model's price, else its provider's default price; None when neither charges anything."""
+        price = self.price if self.price is not None else self.provider.price
+        return price if price is not None and not price.free else None
+
+    @property
     def billable(self) -> bool:
-        """Whether calls are admitted inside a hold and may be charged: the model declares a hold."""
+        """Whether calls are admitted inside a hold and may be charged: the model declares a hold or a price."""
+        return callable(self.hold_microcredits) or bool(self.hold_microcredits) or self.effective_price is not None
+
+    @property
+    def holds_by_hand(self) -> bool:
+        """Whether the hold is the operator's (`hold_microcredits`) rather than derived from the price."""
         return callable(self.hold_microcredits) or bool(self.hold_microcredits)
 
     def hold_for(self, input: Mapping[str, Any]) -> int:
@@ -148,6 +166,8 @@ class ModelConfig(HookHost):
             "pathways": list(self.pathways),
             "default_for": list(self.default),
             "media": list(self.media),
+            "price": price.to_public() if (price := self.effective_price) is not None else None,
+            "max_output_tokens": self.max_output_tokens,
         }
 
 
@@ -171,6 +191,7 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         base_url: str | None = None,
         passthrough_model: str | None = None,
         timeout_s: float = 60.0,
+        price: Price | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(id, str) or not _ID_PATTERN.match(id):
             raise ValueError(f"provider id {id!r} must be 1-64 letters, digits, '.', '_' or '-'")
@@ -182,6 +203,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         self.base_url = base_url
         self.passthrough_model = passthrough_model
         self.timeout_s = timeout_s
+        # The default price of every model of this provider that declares none of its own.
+        self.price = price_from(price)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
@@ -230,6 +253,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         upstream_model: str | None = None,
         media: Sequence[str] | str = (),
         hooks: Hooks | None = None,
+        price: Price | Mapping[str, Any] | None = None,
+        max_output_tokens: int | None = None,
     ) -> ModelConfig:
         """A model served by this provider; `default` lists the pathways it is the default model for."""
         return ModelConfig(
@@ -244,6 +269,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
             upstream_model=upstream_model or id,
             media=(media,) if isinstance(media, str) else tuple(media),
             hooks=hooks if hooks is not None else Hooks(),
+            price=price_from(price),
+            max_output_tokens=max_output_tokens,
         )
 
     def create_client(self, api_key: str, base_url: str) -> OpenAICompatibleClient:

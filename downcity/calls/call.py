@@ -6,7 +6,7 @@ Order of a call:
 3. admit: a billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
    so every upstream call has its own hold, entry and usage row; the hold is renewed while the call runs;
 4. call the provider deployment;
-5. resolve the charge (action charge > model bill > provider bill > none) and settle it with the usage row
+5. resolve the charge (action charge > model bill > provider bill > price > none) and settle it with the usage row
    in one ledger transaction; the Ledger never charges more than the hold;
 6. run `after` hooks (model → service → federation); a failing after hook is logged, never turned into an
    error for a call that is already paid. On a failure after admission the hold is released, an error usage
@@ -26,7 +26,7 @@ from downcity.ai.hooks import run_after, run_before, run_on_error
 from downcity.ai.provider import ModelConfig
 from downcity.auth.caller import Caller
 from downcity.calls.admission import admit
-from downcity.calls.charge import resolve_charge
+from downcity.calls.charge import resolve_priced_charge
 from downcity.calls.resolution import apply_fallback, extract_media, resolve_model
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import ActionRequest
@@ -95,10 +95,13 @@ class Call:
         """Milliseconds since the call was admitted."""
         return int((time.perf_counter() - self.started) * 1000)
 
-    def usage_row(self, status: str, http_status: int, error_type: str | None = None) -> dict[str, Any]:
-        """The `usage_records` row for this call."""
+    def usage_row(
+        self, status: str, http_status: int, error_type: str | None = None, classes: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The `usage_records` row for this call; `classes` are its price's per-class costs in picocredits."""
         usage = self.ctx.metering.usage
         return {
+            **{f"{name}_picocredits": cost for name, cost in (classes or {}).items()},
             "request_id": self.request_id,
             "idempotency_key": self.idempotency_key,
             "city_id": self.caller.city_id,
@@ -114,6 +117,7 @@ class Call:
             "output_tokens": usage.output_tokens,
             "cached_tokens": usage.cached_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
             "duration_ms": self.elapsed_ms(),
             "ttfb_ms": self.ctx.metering.ttfb_ms,
             "usage_source": self.usage_source,
@@ -168,11 +172,12 @@ class Call:
         self.runtime.renewer.untrack(self.key, self.account)
         self.ctx.output = output
         self.ctx.duration_ms = self.elapsed_ms()
-        charge = resolve_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
+        resolved = resolve_priced_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
+        charge = resolved.draft
         amount = charge.amount_microcredits if charge is not None else 0
         if amount > 0 and not self.reserved:
             raise unbounded_charge(self.model)
-        row = self.usage_row(status, http_status)
+        row = self.usage_row(status, http_status, classes=resolved.classes)
         if self.reserved:
             applied = await self._settle(
                 PendingSettle(

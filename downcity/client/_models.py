@@ -31,6 +31,8 @@ class Model(_Result):
     description: str | None = None
     pathways: list[str] = Field(default_factory=list)
     default_for: list[str] = Field(default_factory=list)
+    # Microcredits per million tokens of each class, and per request, image and second; None when free.
+    price: dict[str, int] | None = None
 
 
 class Balance(_Result):
@@ -106,9 +108,12 @@ class UsageRecord(_Result):
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
     duration_ms: int = 0
     ttfb_ms: int | None = None
     charge_microcredits: int = 0
+    # A priced call's exact cost per price class, in picocredits (10^-6 microcredit).
+    class_picocredits: dict[str, int] = Field(default_factory=dict)
     created_at_ms: int
 
 
@@ -122,6 +127,8 @@ class UsageSummaryRow(_Result):
     output_tokens: int = 0
     total_tokens: int = 0
     charge_microcredits: int = 0
+    # The group's exact cost per price class, in picocredits (10^-6 microcredit).
+    class_picocredits: dict[str, int] = Field(default_factory=dict)
 
 
 class ImageJob(_Result):

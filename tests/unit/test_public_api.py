@@ -10,10 +10,11 @@ import downcity
 EXPECTED = {
     "AIService", "ActionResult", "ChargeDraft", "CityInfo", "Context", "DowncityHTTPError", "FallbackRule",
     "Federation", "FederationFileError", "FilePart", "Hooks", "ImageJobResult", "MediaInfo", "Metering",
-    "ModelConfig", "OpenAICompatibleClient", "OpenAICompatibleProvider", "Provider", "ReasoningPart", "Settings",
-    "TextPart", "ToolCallPart", "UIMessage", "Usage", "UserInfo", "build_assistant_message", "build_image_message",
-    "build_tool_set", "load_federation_file", "normalize_ai_usage", "normalize_openai_compatible_body",
-    "read_openai_compatible_sse_usage", "read_required_env", "resolve_upstream_model", "trim_trailing_slash",
+    "ModelConfig", "OpenAICompatibleClient", "OpenAICompatibleProvider", "Price", "Provider", "ReasoningPart",
+    "Settings", "TextPart", "ToolCallPart", "UIMessage", "Usage", "UserInfo", "build_assistant_message",
+    "build_image_message", "build_tool_set", "load_federation_file", "normalize_ai_usage",
+    "normalize_openai_compatible_body", "read_openai_compatible_sse_usage", "read_required_env",
+    "resolve_upstream_model", "trim_trailing_slash",
 }  # fmt: skip
 
 
