@@ -8,12 +8,21 @@ from typing import Any
 class DowncityHTTPError(Exception):
     """An error with an HTTP status, a snake_case type, a human message and an optional field."""
 
-    def __init__(self, status: int, type: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.field = field
+        # Sent with the error response, e.g. a rate limit's Retry-After.
+        self.headers = headers or {}
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body every route returns for this error."""
@@ -23,7 +32,7 @@ class DowncityHTTPError(Exception):
         return {"error": error}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DowncityHTTPError, (self.status, self.type, self.message, self.field))
+        return (DowncityHTTPError, (self.status, self.type, self.message, self.field, self.headers))
 
     def __repr__(self) -> str:
         return f"DowncityHTTPError({self.status}, {self.type!r}, {self.message!r}, field={self.field!r})"

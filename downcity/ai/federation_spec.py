@@ -19,6 +19,7 @@ from downcity.ai.openai_compatible import OpenAICompatibleProvider
 from downcity.ai.pricing import PER_MILLION, Price
 from downcity.ai.provider import BillFn, FallbackRule, MediaInfo, ModelConfig, media_type_matches
 from downcity.ai.service import AIService
+from downcity.quotas import Quota
 
 Loc = tuple[str | int, ...]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -129,6 +130,7 @@ class FederationSpec(_Spec):
     providers: list[ProviderSpec] = Field(min_length=1)
     models: list[ModelSpec] = Field(min_length=1)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
+    quotas: list[Quota] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -273,4 +275,4 @@ class Builder:
                 hooks=self.hooks(model.hooks, at),
             )
             ai.use(config)
-        return Federation(name=spec.name, hooks=self.hooks(spec.hooks, ())).use(ai)
+        return Federation(name=spec.name, hooks=self.hooks(spec.hooks, ()), quotas=spec.quotas).use(ai)

@@ -3,7 +3,8 @@
 Order of a call:
 1. resolve the model (explicit id or the pathway default) and apply media fallback;
 2. run `before` hooks (federation → service → model); a hook may deny (e.g. 402/429) or edit `ctx.input`;
-3. admit: a billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
+3. admit: the quotas that bind the call take its claims (429/402 when one is spent, see `quotas`), then a
+   billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
    so every upstream call has its own hold, entry and usage row; the hold is renewed while the call runs;
 4. call the provider deployment;
 5. resolve the charge (action charge > model bill > provider bill > price > none) and settle it with the usage row
@@ -27,6 +28,7 @@ from downcity.ai.provider import ModelConfig
 from downcity.auth.caller import Caller
 from downcity.calls.admission import admit
 from downcity.calls.charge import resolve_priced_charge
+from downcity.calls.quotas import QuotaTicket, admit_quotas
 from downcity.calls.resolution import apply_fallback, extract_media, resolve_model
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import ActionRequest
@@ -68,6 +70,16 @@ class Call:
     reserved: bool = False
     settled: bool = False
     usage_source: str = "upstream"
+    quota: QuotaTicket | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers every response of this call carries: its quotas' rate limits."""
+        return self.quota.headers if self.quota is not None else {}
+
+    def _true_up(self, credits: int) -> None:
+        if self.quota is not None:
+            self.quota.true_up(self.ctx.metering.usage.total_tokens, credits)
 
     @property
     def account(self) -> str:
@@ -196,6 +208,7 @@ class Call:
         else:
             await self.runtime.ledger.record_usage(row)
         self.settled = True
+        self._true_up(amount)
         self.report(status, amount)
         try:
             await run_after(self.ctx, self.chain)
@@ -229,6 +242,7 @@ class Call:
             await self.runtime.ledger.release(self.key, user_id=self.account, usage=row)
         else:
             await self.runtime.ledger.record_usage(row)
+        self._true_up(0)
         self.report(status, error_type=error.type)
         await run_on_error(self.ctx, self.chain)
 
@@ -269,7 +283,13 @@ async def begin_call(
     )
     try:
         await run_before(ctx, call.chain)
-        call.reserved = await admit(runtime.ledger, call.key, call.account, model, ctx.input)
+        call.quota = await admit_quotas(runtime, caller, model, ctx.input)
+        try:
+            call.reserved = await admit(runtime.ledger, call.key, call.account, model, ctx.input)
+        except DowncityHTTPError:
+            if call.quota is not None:
+                await call.quota.refund()
+            raise
         if call.reserved:
             runtime.renewer.track(call, call.key, call.account)
     except DowncityHTTPError as error:

@@ -131,6 +131,39 @@ class UsageSummaryRow(_Result):
     class_picocredits: dict[str, int] = Field(default_factory=dict)
 
 
+class QuotaInfo(_Result):
+    """A quota: its limits and the scope they bind; `source` is `federation` (declared) or `city` (stored)."""
+
+    id: str
+    city_id: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = None
+    per_user: bool = False
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    credits_per_day: int | None = None
+    credits_per_month: int | None = None
+    source: str = "city"
+
+
+class QuotaUse(_Result):
+    """What one budget used in its current window: `metric` is requests, tokens, credits_day or credits_month."""
+
+    bucket: str
+    metric: str
+    used: int
+    window_start_ms: int
+    window_end_ms: int
+
+
+class QuotaListing(_Result):
+    """The quotas in force and, for one city, each budget's use in its current window."""
+
+    items: list[QuotaInfo] = Field(default_factory=list)
+    consumption: list[QuotaUse] = Field(default_factory=list)
+
+
 class ImageJob(_Result):
     """An image job as the caller sees it."""
 

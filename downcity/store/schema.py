@@ -232,8 +232,9 @@ quota_windows = Table(
     Column("bucket", String(400), primary_key=True),
     Column("metric", String(16), primary_key=True),
     Column("window_start_ms", BigInteger, primary_key=True),
+    Column("city_id", String(64), nullable=False),
     Column("used", BigInteger, nullable=False),
     Column("window_end_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
-    Index("ix_quota_windows_end", "window_end_ms"),
+    Index("ix_quota_windows_city_end", "city_id", "window_end_ms"),
 )

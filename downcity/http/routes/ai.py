@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/ai")
 
 
 def _answer(answer: lifecycle.Answer) -> JSONResponse:
-    return JSONResponse(answer.body, headers={"idempotent-replayed": "true"} if answer.replayed else None)
+    replayed = {"idempotent-replayed": "true"} if answer.replayed else {}
+    return JSONResponse(answer.body, headers={**answer.headers, **replayed} or None)
 
 
 @router.get("/models")
@@ -38,8 +39,9 @@ async def stream(
     body: TextRequest, runtime: RuntimeDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
 ) -> StreamingResponse:
     """Stream one assistant message in the AI SDK UI message stream protocol."""
-    chunks = await lifecycle.ui_stream(runtime, caller, body.model_dump(exclude_none=True), idempotency_key)
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=UI_STREAM_HEADERS)
+    streamed = await lifecycle.ui_stream(runtime, caller, body.model_dump(exclude_none=True), idempotency_key)
+    headers = {**UI_STREAM_HEADERS, **streamed.headers}
+    return StreamingResponse(streamed.body, media_type="text/event-stream", headers=headers)
 
 
 @router.post("/chat/completions")
@@ -49,8 +51,8 @@ async def chat_completions(
     """OpenAI-compatible chat/completions: the provider's `openai()` or auto-passthrough."""
     payload = body.model_dump(exclude_unset=True)
     if body.stream:
-        chunks = await lifecycle.chat_stream(runtime, caller, payload, idempotency_key)
-        return StreamingResponse(chunks, media_type="text/event-stream")
+        streamed = await lifecycle.chat_stream(runtime, caller, payload, idempotency_key)
+        return StreamingResponse(streamed.body, media_type="text/event-stream", headers=streamed.headers or None)
     return _answer(await lifecycle.chat(runtime, caller, payload, idempotency_key))
 
 

@@ -42,16 +42,17 @@ def upgrade() -> None:
         sa.Column("bucket", sa.String(length=400), nullable=False),
         sa.Column("metric", sa.String(length=16), nullable=False),
         sa.Column("window_start_ms", sa.BigInteger(), nullable=False),
+        sa.Column("city_id", sa.String(length=64), nullable=False),
         sa.Column("used", sa.BigInteger(), nullable=False),
         sa.Column("window_end_ms", sa.BigInteger(), nullable=False),
         sa.Column("updated_at_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("bucket", "metric", "window_start_ms"),
     )
-    op.create_index("ix_quota_windows_end", "quota_windows", ["window_end_ms"])
+    op.create_index("ix_quota_windows_city_end", "quota_windows", ["city_id", "window_end_ms"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_quota_windows_end", table_name="quota_windows")
+    op.drop_index("ix_quota_windows_city_end", table_name="quota_windows")
     op.drop_table("quota_windows")
     op.drop_table("quotas")
     with op.batch_alter_table("usage_records") as batch_op:
