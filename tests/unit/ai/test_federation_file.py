@@ -175,3 +175,18 @@ def test_invalid_yaml_is_refused_on_the_line_of_the_problem(tmp_path: Path) -> N
 def test_the_readme_shows_the_shipped_example() -> None:
     (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_a_file_declares_quotas(tmp_path: Path) -> None:
+    text = VALID + "quotas:\n  - {id: starter, metadata: {plan: starter}, requests_per_minute: 5, per_user: true}\n"
+    (quota,) = load_federation_file(write(tmp_path, text)).quotas
+    assert (quota.id, quota.metadata, quota.limits(), quota.per_user) == (
+        "starter",
+        {"plan": "starter"},
+        {"requests": 5},
+        True,
+    )
+
+
+def test_a_quota_without_a_limit_is_refused_in_the_file(tmp_path: Path) -> None:
+    assert "quotas[0]" in refusal(tmp_path, VALID + "quotas:\n  - {id: starter}\n")
