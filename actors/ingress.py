@@ -15,6 +15,7 @@ from actors.gateway import RayGateway
 from actors.jobs import JobManagerActor, JobManagerClient, get_job_manager
 from actors.ledger import LedgerClient, get_ledger
 from actors.metrics import ray_metrics
+from actors.quotas import get_quotas
 from downcity.http.app import create_app
 from downcity.readiness import NotReady, Readiness, ReadinessCheck
 from downcity.runtime import Runtime, load_federation
@@ -47,6 +48,7 @@ class Ingress:
             ledger=ledger,
             jobs=JobManagerClient(manager),
             metrics=ray_metrics(),
+            quotas=get_quotas(resolved.resolved_database_url, resources=control_resources),
         )
         add_ray_checks(self._runtime.readiness, providers, ledger, manager, resolved.ready_requires_env)
 

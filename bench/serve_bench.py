@@ -166,6 +166,50 @@ def compare_retries(args: argparse.Namespace, url: str, user: dict[str, str], ap
     for r in (plain, retried):
         print(f"{r.name:36} {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms  non-2xx 0")
     print(f"text path with retries vs without: {retried.rps / plain.rps:.1%} of the req/s (target >= 97%)")
+# --- quotas on and off (issue #15): the text path of a user bound by a quota, against one bound by none --------
+
+QUOTA_TEXT = "downcity /v1/ai/text, quotas on"
+
+
+def quota_target(url: str) -> Target:
+    """A user whose token's plan a stored quota binds (limits too high to refuse): every call admits through it."""
+    with httpx.Client(base_url=url, headers=ADMIN, timeout=30) as admin:
+        admin.post(
+            "/v1/quotas/set",
+            json={
+                "city_id": "bench",
+                "id": "bench-quota",
+                "metadata": {"plan": "bench"},
+                "requests_per_minute": 10**9,
+                "tokens_per_minute": 10**12,
+            },
+        ).raise_for_status()
+        admin.post(
+            "/v1/balance/credit",
+            json={
+                "city_id": "bench",
+                "user_id": "bench-quota-user",
+                "amount_microcredits": 10**13,
+                "idempotency_key": "bench-quota-seed",
+            },
+        ).raise_for_status()
+        token = admin.post(
+            "/v1/tokens/apply", json={"city_id": "bench", "user_id": "bench-quota-user", "metadata": {"plan": "bench"}}
+        )
+        token.raise_for_status()
+    time.sleep(1.5)  # every ingress replica reloads stored quotas within a second
+    user = {"Authorization": f"Bearer {token.json()['user_token']}"}
+    return Target(QUOTA_TEXT, f"{url}/v1/ai/text", {"prompt": "hello bench"}, user)
+
+
+def report_quotas(results: list[Result]) -> None:
+    """The text path with quotas on, as a ratio to the same path with quotas off, measured in the same run."""
+    by_name = {r.name: r for r in results}
+    on, off = by_name[QUOTA_TEXT], by_name["downcity /v1/ai/text"]
+    print(
+        f"quotas on vs off, text path req/s: {on.rps / off.rps:.0%} (target >= 90%); "
+        f"p50@1conn +{on.p50_single_ms - off.p50_single_ms:.2f} ms"
+    )
 
 
 def main() -> None:
@@ -210,6 +254,7 @@ def main() -> None:
             Target("downcity /v1/ai/text", f"{url}/v1/ai/text", {"prompt": "hello bench"}, user),
             Target("downcity /v1/ai/stream", f"{url}/v1/ai/stream", {"prompt": "hello bench"}, user),
             Target("downcity /v1/ai/chat/completions", f"{url}/v1/ai/chat/completions", chat, user),
+            quota_target(url),
         ]
         # Rounds interleave the targets, so a drift in the machine's speed hits every target alike.
         rounds = [[measure(target, args) for target in targets] for _ in range(args.rounds)]
@@ -239,6 +284,7 @@ def main() -> None:
         f"text path added p50 over the upstream direct, 1 connection: "
         f"{text_path.p50_single_ms - upstream.p50_single_ms:.2f} ms (target <= 3 ms)"
     )
+    report_quotas(results)
 
 
 if __name__ == "__main__":

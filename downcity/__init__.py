@@ -15,6 +15,7 @@ from downcity.ai.messages import (
 )
 from downcity.ai.openai_client import OpenAICompatibleClient
 from downcity.ai.openai_compatible import OpenAICompatibleProvider
+from downcity.ai.pricing import Price
 from downcity.ai.provider import FallbackRule, MediaInfo, ModelConfig, Provider
 from downcity.ai.resilience import Breaker, Failure, Retry, Timeouts
 from downcity.ai.service import AIService
@@ -52,6 +53,7 @@ __all__ = [
     "ModelConfig",
     "OpenAICompatibleClient",
     "OpenAICompatibleProvider",
+    "Price",
     "Provider",
     "ReasoningPart",
     "Retry",

@@ -8,17 +8,26 @@ from typing import Any
 class DowncityHTTPError(Exception):
     """An error with an HTTP status, a snake_case type, a human message and an optional field.
 
-    `detail` is for the runtime only (the upstream's status, the attempts a call made), never in a response.
+    `headers` go out with the error response (a rate limit's Retry-After); `detail` is for the runtime only (the
+    upstream's status, the attempts a call made), never in a response.
     """
 
     def __init__(
-        self, status: int, type: str, message: str, field: str | None = None, detail: dict[str, Any] | None = None
+        self,
+        status: int,
+        type: str,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.field = field
+        self.headers = headers or {}
         self.detail: dict[str, Any] = dict(detail) if detail else {}
 
     def to_body(self) -> dict[str, Any]:
@@ -29,10 +38,17 @@ class DowncityHTTPError(Exception):
         return {"error": error}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (DowncityHTTPError, (self.status, self.type, self.message, self.field, self.detail or None))
+        return (_rebuild, (self.status, self.type, self.message, self.field, self.headers, self.detail))
 
     def __repr__(self) -> str:
         return f"DowncityHTTPError({self.status}, {self.type!r}, {self.message!r}, field={self.field!r})"
+
+
+def _rebuild(
+    status: int, type: str, message: str, field: str | None, headers: dict[str, str], detail: dict[str, Any]
+) -> DowncityHTTPError:
+    """Unpickle an error (its headers and detail are keyword-only)."""
+    return DowncityHTTPError(status, type, message, field, headers=headers, detail=detail)
 
 
 def bad_request(message: str, field: str | None = None) -> DowncityHTTPError:

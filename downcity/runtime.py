@@ -24,6 +24,7 @@ from downcity.gateway.ports import ProviderGateway
 from downcity.ledger.renewer import HoldRenewer
 from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
+from downcity.quotas import QuotaBook, QuotaCache, QuotaPort, QuotaStore
 from downcity.readiness import Readiness, required_env_check
 from downcity.secrets import MasterKey
 from downcity.settings import Settings
@@ -80,6 +81,9 @@ class Runtime:
     security: Security
     gateway: ProviderGateway
     ledger: LedgerPort
+    quotas: QuotaPort
+    quota_store: QuotaStore
+    quota_cache: QuotaCache
     jobs: JobsPort | None = None
     metrics: Metrics = field(default_factory=NoMetrics)
     readiness: Readiness = field(default_factory=Readiness)
@@ -101,8 +105,12 @@ class Runtime:
         metrics: Metrics | None = None,
         db: Database | None = None,
         env: EnvCache | None = None,
+        quotas: QuotaPort | None = None,
     ) -> Runtime:
-        """Connect storage and load every cache; the database must already be migrated."""
+        """Connect storage and load every cache; the database must already be migrated.
+
+        `quotas` defaults to a `QuotaBook` in this process (one process serves every call: tests, embedding).
+        """
         database = db or Database(settings.resolved_database_url)
         master_key = MasterKey.load(settings)
         env_store = EnvStore(database, master_key)
@@ -130,6 +138,9 @@ class Runtime:
             security=security,
             gateway=gateway,
             ledger=ledger,
+            quotas=quotas or QuotaBook(database),
+            quota_store=(quota_store := QuotaStore(database)),
+            quota_cache=QuotaCache(quota_store),
             jobs=jobs,
             metrics=metrics or NoMetrics(),
         )
@@ -142,6 +153,7 @@ class Runtime:
         """Reload every cache whose version changed."""
         await self.env.refresh()
         await self.city_cache.refresh()
+        await self.quota_cache.refresh()
         await self.security.keyring.refresh()
         await self.security.revocation_cache.refresh()
 
@@ -149,6 +161,7 @@ class Runtime:
         """Start the background refreshers (pause, key rotation and revocation reach us within ~1 s)."""
         await self.env.start()
         await self.city_cache.start()
+        await self.quota_cache.start()
         await self.security.keyring.start()
         await self.security.revocation_cache.start()
 
@@ -156,6 +169,7 @@ class Runtime:
         """Stop the refreshers and close the database pool."""
         await self.env.stop()
         await self.city_cache.stop()
+        await self.quota_cache.stop()
         await self.security.keyring.stop()
         await self.security.revocation_cache.stop()
         await self.renewer.close()

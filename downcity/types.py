@@ -62,12 +62,17 @@ class UIMessage(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token usage of one upstream call, normalised."""
+    """Usage of one upstream call, normalised: `input_tokens` counts every prompt token, cached
+    (`cached_tokens`) and cache-written (`cache_write_tokens`) ones included; `output_tokens` counts
+    reasoning tokens too. `images` and `seconds` are the units an image or video action produced."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    images: int = 0
+    seconds: int = 0
 
     @property
     def total_tokens(self) -> int:

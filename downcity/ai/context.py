@@ -82,12 +82,7 @@ class Metering:
 
     def add_usage(self, usage: Usage) -> None:
         """Add one upstream call's usage to the running total."""
-        self.usage = Usage(
-            input_tokens=self.usage.input_tokens + usage.input_tokens,
-            output_tokens=self.usage.output_tokens + usage.output_tokens,
-            cached_tokens=self.usage.cached_tokens + usage.cached_tokens,
-            reasoning_tokens=self.usage.reasoning_tokens + usage.reasoning_tokens,
-        )
+        self.usage = Usage(**{name: getattr(self.usage, name) + getattr(usage, name) for name in Usage.model_fields})
 
     def set_usage(self, usage: Usage) -> None:
         """Replace the total, for upstreams that report cumulative usage."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from downcity.accounts import AccountSpaces
 from downcity.ai.hooks import HookHost, Hooks
 from downcity.ai.provider import ModelConfig, Provider
 from downcity.ai.service import AIService, check_defaults
 from downcity.errors import DowncityHTTPError
+from downcity.quotas import Quota
 
 
 class Federation(HookHost):
@@ -20,8 +22,11 @@ class Federation(HookHost):
         *,
         hooks: Hooks | None = None,
         shared_accounts: Mapping[str, Sequence[str]] | None = None,
+        quotas: Sequence[Quota | Mapping[str, Any]] = (),
     ) -> None:
         self.name = name
+        # Declared quotas bind every replica from the start; cities add their own through /v1/quotas/set.
+        self.quotas = _check_quotas(quotas)
         self.hooks = hooks if hooks is not None else Hooks()
         # Each city's users have their own accounts unless named cities share a space (see downcity.accounts).
         self.accounts = AccountSpaces(shared_accounts)
@@ -72,6 +77,15 @@ class Federation(HookHost):
             if service.models.get(model.id) is model:
                 return [self.hooks, service.hooks, model.hooks]
         raise ValueError(f"model '{model.id}' is not mounted in federation '{self.name}'")
+
+
+def _check_quotas(quotas: Sequence[Quota | Mapping[str, Any]]) -> tuple[Quota, ...]:
+    checked = tuple(quota if isinstance(quota, Quota) else Quota.model_validate(quota) for quota in quotas)
+    ids = [quota.id for quota in checked]
+    clashes = sorted({quota_id for quota_id in ids if ids.count(quota_id) > 1})
+    if clashes:
+        raise ValueError(f"quota ids must be unique in a federation: {clashes}")
+    return checked
 
 
 def _check_catalog(services: list[AIService]) -> None:

@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from downcity.ai.context import Context
 from downcity.ai.federation import Federation
 from downcity.ai.hooks import Hooks
 from downcity.ai.openai_compatible import OpenAICompatibleProvider
+from downcity.ai.pricing import PER_MILLION, Price
 from downcity.ai.provider import BillFn, FallbackRule, MediaInfo, ModelConfig, media_type_matches
 from downcity.ai.service import AIService
-from downcity.types import ChargeDraft
+from downcity.quotas import Quota
 
 Loc = tuple[str | int, ...]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -67,11 +67,35 @@ class ProviderSpec(_Spec):
 
 
 class PriceSpec(_Spec):
-    """A flat price per call, or a price per input and output token, in integer microcredits."""
+    """A `Price` in integer microcredits: per million tokens of each class, per request and per image.
 
+    `per_call`, `per_input_token` and `per_output_token` are the older spelling of `per_request` and of
+    `input` / `output` per single token (x 1,000,000 per million).
+    """
+
+    input: Microcredits | None = Field(default=None, ge=0)
+    cached_input: Microcredits | None = Field(default=None, ge=0)
+    cache_write: Microcredits | None = Field(default=None, ge=0)
+    output: Microcredits | None = Field(default=None, ge=0)
+    reasoning: Microcredits | None = Field(default=None, ge=0)
+    per_request: Microcredits | None = Field(default=None, ge=0)
+    per_image: Microcredits | None = Field(default=None, ge=0)
     per_call: Microcredits | None = Field(default=None, ge=0)
     per_input_token: Microcredits | None = Field(default=None, ge=0)
     per_output_token: Microcredits | None = Field(default=None, ge=0)
+
+    def price(self) -> Price:
+        """The `Price` this declares."""
+        per_token = PER_MILLION
+        return Price(
+            input=self.input if self.input is not None else (self.per_input_token or 0) * per_token,
+            cached_input=self.cached_input,
+            cache_write=self.cache_write,
+            output=self.output if self.output is not None else (self.per_output_token or 0) * per_token,
+            reasoning=self.reasoning,
+            per_request=self.per_request if self.per_request is not None else self.per_call or 0,
+            per_image=self.per_image or 0,
+        )
 
 
 class FallbackSpec(_Spec):
@@ -93,6 +117,7 @@ class ModelSpec(_Spec):
     media: list[str] = Field(default_factory=list)
     fallback: list[FallbackSpec] = Field(default_factory=list)
     price: PriceSpec | None = None
+    max_output_tokens: StrictInt | None = Field(default=None, ge=1)
     bill: ImportPath | None = None
     hold_microcredits: Microcredits | None = Field(default=None, ge=0)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
@@ -105,6 +130,7 @@ class FederationSpec(_Spec):
     providers: list[ProviderSpec] = Field(min_length=1)
     models: list[ModelSpec] = Field(min_length=1)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
+    quotas: list[Quota] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,29 +149,6 @@ class MediaMatch:
 
     def __call__(self, media: MediaInfo) -> bool:
         return media_type_matches(self.pattern, media.media_type)
-
-
-@dataclass(frozen=True)
-class FlatPrice:
-    """`per_call` microcredits a call."""
-
-    per_call: int
-
-    def __call__(self, ctx: Context, output: Any) -> ChargeDraft:
-        return ChargeDraft(amount_microcredits=self.per_call, ref=ctx.request_id, note=f"{ctx.model.id} call")
-
-
-@dataclass(frozen=True)
-class TokenPrice:
-    """Microcredits per input token plus per output token, from the call's metered usage."""
-
-    per_input_token: int
-    per_output_token: int
-
-    def __call__(self, ctx: Context, output: Any) -> ChargeDraft:
-        usage = ctx.metering.usage
-        amount = self.per_input_token * usage.input_tokens + self.per_output_token * usage.output_tokens
-        return ChargeDraft(amount_microcredits=amount, ref=ctx.request_id, note=f"{ctx.model.id} tokens")
 
 
 def import_callable(path: str) -> Callable[..., Any]:
@@ -194,18 +197,23 @@ def _duplicates(ids: list[str], section: str, kind: str, issues: list[Issue]) ->
     return seen
 
 
+_SPELLINGS = (("per_request", "per_call"), ("input", "per_input_token"), ("output", "per_output_token"))
+
+
 def _check_price(model: ModelSpec, at: Loc) -> list[Issue]:
     price, hold = model.price, model.hold_microcredits
-    if price is not None and model.bill is not None:
-        return [Issue((*at, "bill"), "give either a price or a bill function, not both")]
     if price is not None:
-        tokens = (price.per_input_token, price.per_output_token)
-        if (price.per_call is None) == all(rate is None for rate in tokens):
-            return [Issue((*at, "price"), "give per_call, or per_input_token and/or per_output_token")]
-    if (price is not None or model.bill is not None) and hold is None:
-        return [Issue((*at, "hold_microcredits"), "a billed model needs a hold that bounds one call's cost")]
-    if price is not None and price.per_call is not None and hold is not None and hold < price.per_call:
-        return [Issue((*at, "hold_microcredits"), f"the hold must cover the price of a call ({price.per_call})")]
+        for name, older in _SPELLINGS:
+            if getattr(price, name) is not None and getattr(price, older) is not None:
+                return [Issue((*at, "price", older), f"give {name} or {older}, not both")]
+        if all(value is None for value in price.model_dump().values()):
+            return [Issue((*at, "price"), "give at least one rate, e.g. input and output per million tokens")]
+        per_request = price.price().per_request
+        if hold is not None and hold < per_request:
+            return [Issue((*at, "hold_microcredits"), f"the hold must cover the price of a call ({per_request})")]
+    elif model.bill is not None and hold is None:
+        message = "a billed model needs a hold (or a price) that bounds one call's cost"
+        return [Issue((*at, "hold_microcredits"), message)]
     return []
 
 
@@ -232,12 +240,7 @@ class Builder:
         return hooks
 
     def bill(self, model: ModelSpec, at: Loc) -> BillFn | None:
-        """The model's bill function: from its price, its import path, or none."""
-        price = model.price
-        if price is not None and price.per_call is not None:
-            return FlatPrice(price.per_call)
-        if price is not None:
-            return TokenPrice(price.per_input_token or 0, price.per_output_token or 0)
+        """The model's bill function, by its import path, or none."""
         return self._import(model.bill, (*at, "bill")) if model.bill is not None else None
 
     def federation(self, spec: FederationSpec) -> Federation:
@@ -266,8 +269,10 @@ class Builder:
                 fallback=tuple(FallbackRule(match=MediaMatch(r.media), model=r.model) for r in model.fallback),
                 bill=self.bill(model, at),
                 hold_microcredits=model.hold_microcredits,
+                price=model.price.price() if model.price is not None else None,
+                max_output_tokens=model.max_output_tokens,
                 upstream_model=model.upstream_model or "",
                 hooks=self.hooks(model.hooks, at),
             )
             ai.use(config)
-        return Federation(name=spec.name, hooks=self.hooks(spec.hooks, ())).use(ai)
+        return Federation(name=spec.name, hooks=self.hooks(spec.hooks, ()), quotas=spec.quotas).use(ai)

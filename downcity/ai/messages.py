@@ -44,16 +44,27 @@ def read_openai_compatible_sse_usage(chunk: Mapping[str, Any]) -> Usage | None:
 
 
 def normalize_ai_usage(raw: Mapping[str, Any] | None) -> Usage:
-    """Usage from OpenAI chat (`prompt_tokens`…) or responses-style (`input_tokens`…) shapes."""
+    """Usage from OpenAI chat (`prompt_tokens`…), responses-style (`input_tokens`…) or Anthropic-style shapes.
+
+    OpenAI's prompt count includes its cached tokens; Anthropic's `input_tokens` excludes the
+    `cache_read_input_tokens` and `cache_creation_input_tokens` it reports beside them, so those are added
+    back: `Usage.input_tokens` always counts every prompt token.
+    """
     if not raw:
         return Usage()
     input_details = _mapping(raw.get("prompt_tokens_details")) or _mapping(raw.get("input_tokens_details"))
     output_details = _mapping(raw.get("completion_tokens_details")) or _mapping(raw.get("output_tokens_details"))
+    cache_read = _count(raw.get("cache_read_input_tokens"))
+    cache_write = _count(raw.get("cache_creation_input_tokens"))
+    prompt = _count(_first(raw, "prompt_tokens", "input_tokens"))
+    anthropic = "prompt_tokens" not in raw and not input_details
+    cached = _count(input_details.get("cached_tokens")) or cache_read
     return Usage(
-        input_tokens=_count(_first(raw, "prompt_tokens", "input_tokens")),
+        input_tokens=prompt + cache_read + cache_write if anthropic else prompt,
         output_tokens=_count(_first(raw, "completion_tokens", "output_tokens")),
-        cached_tokens=_count(input_details.get("cached_tokens", raw.get("cache_read_input_tokens"))),
+        cached_tokens=cached,
         reasoning_tokens=_count(output_details.get("reasoning_tokens")),
+        cache_write_tokens=cache_write,
     )
 
 

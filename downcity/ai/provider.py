@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from downcity.ai.hooks import HookHost, Hooks
 from downcity.ai.resilience import NO_RETRY, Breaker, ErrorMatch, Retry, Timeouts, error_match
+from downcity.ai.pricing import Price, price_from
 from downcity.errors import DowncityHTTPError
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage
 
@@ -104,6 +105,8 @@ class ModelConfig(HookHost):
     hooks: Hooks = field(default_factory=Hooks)
     retry: Retry | None = None
     timeouts: Timeouts | None = None
+    price: Price | None = None
+    max_output_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -114,6 +117,10 @@ class ModelConfig(HookHost):
         object.__setattr__(self, "default", tuple(self.default))
         object.__setattr__(self, "media", tuple(self.media))
         object.__setattr__(self, "fallback", tuple(FallbackRule.coerce(r) for r in self.fallback))
+        object.__setattr__(self, "price", price_from(self.price))
+        cap = self.max_output_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"model '{self.id}': max_output_tokens must be a positive integer")
         missing = [p for p in self.default if p not in self.pathways]
         if missing:
             raise ValueError(f"model '{self.id}' cannot be the default for {missing}: it serves {list(self.pathways)}")
@@ -124,10 +131,10 @@ class ModelConfig(HookHost):
             and (isinstance(hold, bool) or not isinstance(hold, int) or hold < 0)
         ):
             raise ValueError(f"model '{self.id}': hold_microcredits must be a non-negative integer or a function")
-        if (self.bill is not None or self.provider.has_bill) and not hold:
+        if (self.bill is not None or self.provider.has_bill) and not hold and self.effective_price is None:
             raise ValueError(
                 f"model '{self.id}' is billable but declares no hold_microcredits: set the most one call may cost, "
-                "so every call is admitted inside a hold"
+                "or a Price to derive it from, so every call is admitted inside a hold"
             )
 
     @property
@@ -139,10 +146,19 @@ class ModelConfig(HookHost):
     def timeout_policy(self) -> Timeouts:
         """The model's timeouts over its provider's."""
         return (self.timeouts or Timeouts()).over(self.provider.timeouts)
+    def effective_price(self) -> Price | None:
+        """The model's price, else its provider's default price; None when neither charges anything."""
+        price = self.price if self.price is not None else self.provider.price
+        return price if price is not None and not price.free else None
 
     @property
     def billable(self) -> bool:
-        """Whether calls are admitted inside a hold and may be charged: the model declares a hold."""
+        """Whether calls are admitted inside a hold and may be charged: the model declares a hold or a price."""
+        return callable(self.hold_microcredits) or bool(self.hold_microcredits) or self.effective_price is not None
+
+    @property
+    def holds_by_hand(self) -> bool:
+        """Whether the hold is the operator's (`hold_microcredits`) rather than derived from the price."""
         return callable(self.hold_microcredits) or bool(self.hold_microcredits)
 
     def hold_for(self, input: Mapping[str, Any]) -> int:
@@ -175,6 +191,8 @@ class ModelConfig(HookHost):
             "pathways": list(self.pathways),
             "default_for": list(self.default),
             "media": list(self.media),
+            "price": price.to_public() if (price := self.effective_price) is not None else None,
+            "max_output_tokens": self.max_output_tokens,
         }
 
 
@@ -202,6 +220,7 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         timeouts: Timeouts | None = None,
         breaker: Breaker | None = None,
         key_rest_s: float = 60.0,
+        price: Price | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(id, str) or not _ID_PATTERN.match(id):
             raise ValueError(f"provider id {id!r} must be 1-64 letters, digits, '.', '_' or '-'")
@@ -223,6 +242,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         self.timeouts = (timeouts or Timeouts()).over(Timeouts(connect_s=min(10.0, timeout_s)))
         self.breaker = breaker
         self.key_rest_s = key_rest_s
+        # The default price of every model of this provider that declares none of its own.
+        self.price = price_from(price)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
@@ -273,6 +294,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
         hooks: Hooks | None = None,
         retry: Retry | None = None,
         timeouts: Timeouts | None = None,
+        price: Price | Mapping[str, Any] | None = None,
+        max_output_tokens: int | None = None,
     ) -> ModelConfig:
         """A model served by this provider; `default` lists the pathways it is the default model for."""
         return ModelConfig(
@@ -289,6 +312,8 @@ class Provider(ABC):  # noqa: B024 - every action is optional; capabilities come
             hooks=hooks if hooks is not None else Hooks(),
             retry=retry,
             timeouts=timeouts,
+            price=price_from(price),
+            max_output_tokens=max_output_tokens,
         )
 
     def create_client(self, api_key: str, base_url: str) -> OpenAICompatibleClient:

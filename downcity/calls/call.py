@@ -3,10 +3,11 @@
 Order of a call:
 1. resolve the model (explicit id or the pathway default) and apply media fallback;
 2. run `before` hooks (federation → service → model); a hook may deny (e.g. 402/429) or edit `ctx.input`;
-3. admit: a billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
+3. admit: the quotas that bind the call take its claims (429/402 when one is spent, see `quotas`), then a
+   billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
    so every upstream call has its own hold, entry and usage row; the hold is renewed while the call runs;
 4. call the provider deployment;
-5. resolve the charge (action charge > model bill > provider bill > none) and settle it with the usage row
+5. resolve the charge (action charge > model bill > provider bill > price > none) and settle it with the usage row
    in one ledger transaction; the Ledger never charges more than the hold;
 6. run `after` hooks (model → service → federation); a failing after hook is logged, never turned into an
    error for a call that is already paid. On a failure after admission the hold is released, an error usage
@@ -27,7 +28,8 @@ from downcity.ai.provider import ModelConfig
 from downcity.ai.resilience import Failure
 from downcity.auth.caller import Caller
 from downcity.calls.admission import admit
-from downcity.calls.charge import resolve_charge
+from downcity.calls.charge import resolve_priced_charge
+from downcity.calls.quotas import QuotaTicket, admit_quotas
 from downcity.calls.resolution import apply_fallback, error_fallback, extract_media, resolve_model
 from downcity.errors import DowncityHTTPError, invalid
 from downcity.gateway.actions import ActionRequest
@@ -76,6 +78,16 @@ class Call:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     key_name: str | None = None
     fallen_back: bool = False
+    quota: QuotaTicket | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers every response of this call carries: its quotas' rate limits."""
+        return self.quota.headers if self.quota is not None else {}
+
+    def _true_up(self, credits: int) -> None:
+        if self.quota is not None:
+            self.quota.true_up(self.ctx.metering.usage.total_tokens, credits)
 
     @property
     def account(self) -> str:
@@ -138,10 +150,13 @@ class Call:
         """Milliseconds since the call was admitted."""
         return int((time.perf_counter() - self.started) * 1000)
 
-    def usage_row(self, status: str, http_status: int, error_type: str | None = None) -> dict[str, Any]:
-        """The `usage_records` row for this call."""
+    def usage_row(
+        self, status: str, http_status: int, error_type: str | None = None, classes: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The `usage_records` row for this call; `classes` are its price's per-class costs in picocredits."""
         usage = self.ctx.metering.usage
         return {
+            **{f"{name}_picocredits": cost for name, cost in (classes or {}).items()},
             "request_id": self.request_id,
             "idempotency_key": self.idempotency_key,
             "city_id": self.caller.city_id,
@@ -157,6 +172,7 @@ class Call:
             "output_tokens": usage.output_tokens,
             "cached_tokens": usage.cached_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
             "duration_ms": self.elapsed_ms(),
             "ttfb_ms": self.ctx.metering.ttfb_ms,
             "usage_source": self.usage_source,
@@ -216,11 +232,12 @@ class Call:
         self.runtime.renewer.untrack(self.key, self.account)
         self.ctx.output = output
         self.ctx.duration_ms = self.elapsed_ms()
-        charge = resolve_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
+        resolved = resolve_priced_charge(self.ctx.metering.charge, self.model, self.model.provider, self.ctx, output)
+        charge = resolved.draft
         amount = charge.amount_microcredits if charge is not None else 0
         if amount > 0 and not self.reserved:
             raise unbounded_charge(self.model)
-        row = self.usage_row(status, http_status)
+        row = self.usage_row(status, http_status, classes=resolved.classes)
         if self.reserved:
             applied = await self._settle(
                 PendingSettle(
@@ -239,6 +256,7 @@ class Call:
         else:
             await self.runtime.ledger.record_usage(row)
         self.settled = True
+        self._true_up(amount)
         self.report(status, amount)
         try:
             await run_after(self.ctx, self.chain)
@@ -272,6 +290,7 @@ class Call:
             await self.runtime.ledger.release(self.key, user_id=self.account, usage=row)
         else:
             await self.runtime.ledger.record_usage(row)
+        self._true_up(0)
         self.report(status, error_type=error.type)
         await run_on_error(self.ctx, self.chain)
 
@@ -323,7 +342,13 @@ async def begin_call(
     )
     try:
         await run_before(ctx, call.chain)
-        call.reserved = await admit(runtime.ledger, call.key, call.account, model, ctx.input)
+        call.quota = await admit_quotas(runtime, caller, model, ctx.input)
+        try:
+            call.reserved = await admit(runtime.ledger, call.key, call.account, model, ctx.input)
+        except DowncityHTTPError:
+            if call.quota is not None:
+                await call.quota.refund()
+            raise
         if call.reserved:
             runtime.renewer.track(call, call.key, call.account)
     except DowncityHTTPError as error:

@@ -44,10 +44,21 @@ CLAIM_LEASE_MS = 30 * 60 * 1000
 
 @dataclass(frozen=True)
 class Answer:
-    """A non-streaming call's response body; `replayed` when it is the stored answer of an earlier call."""
+    """A non-streaming call's response body; `replayed` when it is the stored answer of an earlier call.
+
+    `headers` go with the response (a quota's rate limits)."""
 
     body: dict[str, Any]
     replayed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A streaming call's bytes and the headers its response starts with."""
+
+    body: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,7 +128,7 @@ async def text(runtime: Runtime, caller: Caller, body: dict[str, Any], client_ke
     message.metadata = {**message.metadata, **_call_metadata(call, charge)}
     result = message.model_dump(mode="json", by_alias=True)
     await claim.complete(result)
-    return Answer(result)
+    return Answer(result, headers=call.headers)
 
 
 async def chat(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Answer:
@@ -137,7 +148,7 @@ async def chat(runtime: Runtime, caller: Caller, body: dict[str, Any], client_ke
         await _fail_unsent(call, claim, error)
         raise
     await claim.complete(outcome.body)
-    return Answer(outcome.body)
+    return Answer(outcome.body, headers=call.headers)
 
 
 async def video(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Answer:
@@ -155,7 +166,7 @@ async def video(runtime: Runtime, caller: Caller, body: dict[str, Any], client_k
         raise
     result = {**outcome.body, "metadata": {"model": call.model.id, "charge": _charge_body(charge)}}
     await claim.complete(result)
-    return Answer(result)
+    return Answer(result, headers=call.headers)
 
 
 async def _falling_back(call: Call, run: Callable[[], Awaitable[T]]) -> T:
@@ -262,9 +273,7 @@ class _StreamState:
         await self.store(tail)
 
 
-async def ui_stream(
-    runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None
-) -> AsyncIterator[bytes]:
+async def ui_stream(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Streamed:
     """Claim and admit the call, then the AI SDK UI message stream of its answer, ending `finish` + `[DONE]`."""
     return await _open_stream(runtime, caller, "stream", body, client_key, _ui_stream, _ui_error)
 
@@ -295,9 +304,7 @@ def _ui_error(error: DowncityHTTPError) -> bytes:
     return error_frame(error.type, error.message)
 
 
-async def chat_stream(
-    runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None
-) -> AsyncIterator[bytes]:
+async def chat_stream(runtime: Runtime, caller: Caller, body: dict[str, Any], client_key: str | None) -> Streamed:
     """Claim and admit the call, then the upstream's OpenAI SSE bytes as-is; `[DONE]` only after the settle."""
     return await _open_stream(runtime, caller, "openai", body, client_key, _chat_stream, _chat_error)
 
@@ -310,14 +317,14 @@ async def _open_stream(
     client_key: str | None,
     run: Callable[[_StreamState], AsyncGenerator[bytes, None]],
     error_event: Callable[[DowncityHTTPError], bytes],
-) -> AsyncIterator[bytes]:
+) -> Streamed:
     """Claim and admit a streaming call (or replay its stored bytes), then its stream, ended exactly once."""
     claim = await Claim.take(runtime, caller, pathway, body, client_key)
     if claim.replay is not None:
-        return _replayed_stream(claim.replay)
+        return Streamed(_replayed_stream(claim.replay))
     call = await _begin(claim, runtime, caller, pathway, body)
     state = _StreamState(call, claim, Delivery())
-    return _ended_once(state, run(state), error_event)
+    return Streamed(_ended_once(state, run(state), error_event), call.headers)
 
 
 async def _chained(first: T | None, rest: AsyncIterator[T]) -> AsyncIterator[T]:

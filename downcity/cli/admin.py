@@ -70,7 +70,7 @@ def city_activate(ctx: typer.Context, city_id: str, as_json: JsonOption = False)
         _print_cities([admin.cities.activate(city_id)], as_json)
 
 
-def _metadata(text: str | None) -> dict[str, Any] | None:
+def parse_metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
@@ -93,7 +93,7 @@ def token_apply(
     as_json: JsonOption = False,
 ) -> None:
     """Issue a user token, as a business backend does after its own login."""
-    parsed = _metadata(metadata)
+    parsed = parse_metadata(metadata)
     with admin_client(ctx) as admin:
         issued = admin.tokens.apply(city_id=city_id, user_id=user_id, metadata=parsed, ttl=ttl)
     if quiet:

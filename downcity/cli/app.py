@@ -17,6 +17,7 @@ from downcity.cli.profile import (
     read_profiles,
     save_profile,
 )
+from downcity.cli.quotas import quota_app
 from downcity.cli.session import EXIT_BAD_USAGE, ConnectionOptions, console, fail
 from downcity.cli.usage import jobs, usage
 from downcity.env import preview
@@ -75,5 +76,6 @@ app.add_typer(token_app, name="token")
 app.add_typer(env_app, name="env")
 app.add_typer(balance_app, name="balance")
 app.add_typer(profile_app, name="profile")
+app.add_typer(quota_app, name="quota")
 app.command()(usage)
 app.command()(jobs)

@@ -18,6 +18,8 @@ from downcity.client._models import (
     IssuedToken,
     Job,
     LedgerEntry,
+    QuotaInfo,
+    QuotaListing,
     UsageRecord,
     UsageSummaryRow,
 )
@@ -165,6 +167,47 @@ class JobsResource(SyncNamespace):
         return self._transport.call(ops.list_jobs(filters))
 
 
+class QuotasResource(SyncNamespace):
+    """`admin.quotas`: a city's quotas (RPM, TPM, credits per day or month), applied without a redeploy."""
+
+    def set(
+        self,
+        city_id: str,
+        id: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        credits_per_day: int | None = None,
+        credits_per_month: int | None = None,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        per_user: bool = False,
+    ) -> QuotaInfo:
+        """Store a city's quota, scoped to the user, token metadata values and model given."""
+        spec = {
+            "city_id": city_id,
+            "id": id,
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "credits_per_day": credits_per_day,
+            "credits_per_month": credits_per_month,
+            "user_id": user_id,
+            "metadata": dict(metadata) if metadata else None,
+            "model": model,
+            "per_user": per_user,
+        }
+        return self._transport.call(ops.set_quota(spec))
+
+    def list(self, city_id: str | None = None) -> QuotaListing:
+        """The quotas in force (declared and stored) and, for one city, each budget's use in its window."""
+        return self._transport.call(ops.list_quotas(city_id))
+
+    def remove(self, city_id: str, id: str) -> bool:
+        """Remove a city's stored quota; False when it had none of that id."""
+        return self._transport.call(ops.remove_quota(city_id, id))
+
+
 class AdminClient(SyncClient):
     """Blocking admin client."""
 
@@ -184,6 +227,7 @@ class AdminClient(SyncClient):
         self.balance = BalanceResource(self._transport)
         self.usage = UsageResource(self._transport)
         self.jobs = JobsResource(self._transport)
+        self.quotas = QuotasResource(self._transport)
 
 
 class AsyncTokensResource(AsyncNamespace):
@@ -312,6 +356,47 @@ class AsyncJobsResource(AsyncNamespace):
         return await self._transport.call(ops.list_jobs(filters))
 
 
+class AsyncQuotasResource(AsyncNamespace):
+    """`admin.quotas`: a city's quotas (RPM, TPM, credits per day or month), applied without a redeploy."""
+
+    async def set(
+        self,
+        city_id: str,
+        id: str,
+        *,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        credits_per_day: int | None = None,
+        credits_per_month: int | None = None,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        per_user: bool = False,
+    ) -> QuotaInfo:
+        """Store a city's quota, scoped to the user, token metadata values and model given."""
+        spec = {
+            "city_id": city_id,
+            "id": id,
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "credits_per_day": credits_per_day,
+            "credits_per_month": credits_per_month,
+            "user_id": user_id,
+            "metadata": dict(metadata) if metadata else None,
+            "model": model,
+            "per_user": per_user,
+        }
+        return await self._transport.call(ops.set_quota(spec))
+
+    async def list(self, city_id: str | None = None) -> QuotaListing:
+        """The quotas in force (declared and stored) and, for one city, each budget's use in its window."""
+        return await self._transport.call(ops.list_quotas(city_id))
+
+    async def remove(self, city_id: str, id: str) -> bool:
+        """Remove a city's stored quota; False when it had none of that id."""
+        return await self._transport.call(ops.remove_quota(city_id, id))
+
+
 class AsyncAdminClient(AsyncClient):
     """Asyncio admin client."""
 
@@ -331,3 +416,4 @@ class AsyncAdminClient(AsyncClient):
         self.balance = AsyncBalanceResource(self._transport)
         self.usage = AsyncUsageResource(self._transport)
         self.jobs = AsyncJobsResource(self._transport)
+        self.quotas = AsyncQuotasResource(self._transport)

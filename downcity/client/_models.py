@@ -31,6 +31,8 @@ class Model(_Result):
     description: str | None = None
     pathways: list[str] = Field(default_factory=list)
     default_for: list[str] = Field(default_factory=list)
+    # Microcredits per million tokens of each class, and per request, image and second; None when free.
+    price: dict[str, int] | None = None
 
 
 class Balance(_Result):
@@ -106,11 +108,14 @@ class UsageRecord(_Result):
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
     duration_ms: int = 0
     ttfb_ms: int | None = None
     charge_microcredits: int = 0
     attempts: list[dict[str, Any]] | None = None
     key_name: str | None = None
+    # A priced call's exact cost per price class, in picocredits (10^-6 microcredit).
+    class_picocredits: dict[str, int] = Field(default_factory=dict)
     created_at_ms: int
 
 
@@ -124,6 +129,41 @@ class UsageSummaryRow(_Result):
     output_tokens: int = 0
     total_tokens: int = 0
     charge_microcredits: int = 0
+    # The group's exact cost per price class, in picocredits (10^-6 microcredit).
+    class_picocredits: dict[str, int] = Field(default_factory=dict)
+
+
+class QuotaInfo(_Result):
+    """A quota: its limits and the scope they bind; `source` is `federation` (declared) or `city` (stored)."""
+
+    id: str
+    city_id: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = None
+    per_user: bool = False
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    credits_per_day: int | None = None
+    credits_per_month: int | None = None
+    source: str = "city"
+
+
+class QuotaUse(_Result):
+    """What one budget used in its current window: `metric` is requests, tokens, credits_day or credits_month."""
+
+    bucket: str
+    metric: str
+    used: int
+    window_start_ms: int
+    window_end_ms: int
+
+
+class QuotaListing(_Result):
+    """The quotas in force and, for one city, each budget's use in its current window."""
+
+    items: list[QuotaInfo] = Field(default_factory=list)
+    consumption: list[QuotaUse] = Field(default_factory=list)
 
 
 class ImageJob(_Result):

@@ -17,6 +17,8 @@ from downcity.client._models import (
     Job,
     LedgerEntry,
     Model,
+    QuotaInfo,
+    QuotaListing,
     UsageRecord,
     UsageSummaryRow,
     ui_message,
@@ -231,3 +233,18 @@ def usage_summary(filters: Mapping[str, Any]) -> Operation[list[UsageSummaryRow]
 def list_jobs(filters: Mapping[str, Any]) -> Operation[list[Job]]:
     """GET /v1/jobs/list."""
     return _get("/v1/jobs/list", _items(Job), filters)
+
+
+def set_quota(spec: Mapping[str, Any]) -> Operation[QuotaInfo]:
+    """POST /v1/quotas/set; setting the same quota twice stores it once."""
+    return _post("/v1/quotas/set", QuotaInfo.model_validate, spec, retry_safe=True)
+
+
+def list_quotas(city_id: str | None) -> Operation[QuotaListing]:
+    """GET /v1/quotas/list."""
+    return _get("/v1/quotas/list", QuotaListing.model_validate, {"city_id": city_id})
+
+
+def remove_quota(city_id: str, quota_id: str) -> Operation[bool]:
+    """POST /v1/quotas/remove."""
+    return _post("/v1/quotas/remove", _field("removed", bool), {"city_id": city_id, "id": quota_id}, retry_safe=True)

@@ -104,18 +104,45 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
     return ChatRequest(model, prompt_tokens, last_user_text, stream, include_usage)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    """OpenAI usage with the detail fields real providers send."""
-    return {
+@dataclass(frozen=True, slots=True)
+class TokenDetail:
+    """Token classes a reply reports, from the markers `[[cached:N]]`, `[[cache-write:N]]`, `[[reasoning:N]]`."""
+
+    cached: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+    @classmethod
+    def of(cls, found: dict[str, int | None]) -> TokenDetail:
+        """The detail the markers found in a prompt ask for."""
+        return cls(found.get("cached") or 0, found.get("cache-write") or 0, found.get("reasoning") or 0)
+
+
+def usage(prompt_tokens: int, completion_tokens: int, detail: TokenDetail | None = None) -> dict[str, Any]:
+    """OpenAI usage with the detail fields real providers send.
+
+    Cached and cache-written tokens are part of the prompt (at most all of it), as OpenAI counts them; the
+    cache write is reported in Anthropic's field. Reasoning tokens are added to the completion tokens.
+    """
+    detail = detail or TokenDetail()
+    cached = min(detail.cached, prompt_tokens)
+    written = min(detail.cache_write, prompt_tokens - cached)
+    completion_tokens += detail.reasoning
+    body: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": detail.reasoning},
     }
+    if written:
+        body["cache_creation_input_tokens"] = written
+    return body
 
 
-def completion_body(chat: ChatRequest, reply: str, completion_id: str, created: int) -> dict[str, Any]:
+def completion_body(
+    chat: ChatRequest, reply: str, completion_id: str, created: int, detail: TokenDetail | None = None
+) -> dict[str, Any]:
     """The non-streaming `chat.completion` object."""
     return {
         "id": completion_id,
@@ -130,7 +157,7 @@ def completion_body(chat: ChatRequest, reply: str, completion_id: str, created: 
                 "finish_reason": "stop",
             }
         ],
-        "usage": usage(chat.prompt_tokens, len(reply.split())),
+        "usage": usage(chat.prompt_tokens, len(reply.split()), detail),
     }
 
 
@@ -138,7 +165,9 @@ def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + dumps(payload) + b"\n\n"
 
 
-def stream_events(chat: ChatRequest, reply: str, completion_id: str, created: int) -> list[bytes]:
+def stream_events(
+    chat: ChatRequest, reply: str, completion_id: str, created: int, detail: TokenDetail | None = None
+) -> list[bytes]:
     """Every SSE event of a streamed reply: role, one delta per word, stop, optional usage, [DONE]."""
     head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": chat.model}
 
@@ -150,7 +179,7 @@ def stream_events(chat: ChatRequest, reply: str, completion_id: str, created: in
     events.extend(chunk({"content": word}, None) for word in words)
     events.append(chunk({}, "stop"))
     if chat.include_usage:
-        events.append(_event({**head, "choices": [], "usage": usage(chat.prompt_tokens, len(words))}))
+        events.append(_event({**head, "choices": [], "usage": usage(chat.prompt_tokens, len(words), detail)}))
     events.append(_DONE)
     return events
 
@@ -244,8 +273,9 @@ class ChatCompletions:
         reply = "Echo: " + chat.last_user_text
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
+        detail = TokenDetail.of(found)
         if chat.stream:
-            return _stream_response(stream_events(chat, reply, completion_id, created), found)
+            return _stream_response(stream_events(chat, reply, completion_id, created, detail), found)
         if "malformed" in found:
             return Response(b"this is not json {", media_type="application/json")
-        return json_response(completion_body(chat, reply, completion_id, created))
+        return json_response(completion_body(chat, reply, completion_id, created, detail))

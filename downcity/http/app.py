@@ -14,7 +14,7 @@ from downcity.http.console import SystemProbe, install_console
 from downcity.http.edge import EdgeRules
 from downcity.http.errors import install_error_handlers
 from downcity.http.limits import BodySizeLimit
-from downcity.http.routes import ai, balance, cities, env, images, jobs, public, tokens, usage
+from downcity.http.routes import ai, balance, cities, env, images, jobs, public, quotas, tokens, usage
 from downcity.runtime import Runtime
 from downcity.secrets import SCRUBBER, SecretSource, install_log_scrubbing
 
@@ -64,7 +64,7 @@ def create_app(runtime: Runtime, *, manage_runtime: bool = True, system: SystemP
     weakref.finalize(runtime, SCRUBBER.remove_source, source)
     install_log_scrubbing()
     install_error_handlers(app)
-    for module in (public, ai, images, balance, cities, tokens, env, usage, jobs):
+    for module in (public, ai, images, balance, cities, tokens, env, usage, jobs, quotas):
         app.include_router(module.router)
     install_console(app, runtime, system)
     # Added last runs first: the size cap, then the edge rule, then the routes.

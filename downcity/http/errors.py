@@ -33,7 +33,7 @@ def error_response(error: DowncityHTTPError) -> JSONResponse:
     for key in ("message", "field"):
         if key in body["error"]:
             body["error"][key] = SCRUBBER.scrub(body["error"][key])
-    return JSONResponse(body, status_code=error.status)
+    return JSONResponse(body, status_code=error.status, headers=error.headers or None)
 
 
 _SOURCES = ("body", "query", "header", "path")

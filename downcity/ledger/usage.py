@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal_column, select, true
 
 from downcity.errors import invalid
 from downcity.store.database import Database
-from downcity.store.schema import usage_records
+from downcity.store.schema import PRICE_CLASS_COLUMNS, usage_records
 
 GroupBy = Literal["city", "user", "model", "day", "provider", "account"]
 Bucket = Literal["hour", "day"]
@@ -47,6 +47,7 @@ _RECORD_COLUMNS = (
     "output_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "cache_write_tokens",
     "duration_ms",
     "ttfb_ms",
     "charge_microcredits",
@@ -54,6 +55,7 @@ _RECORD_COLUMNS = (
     "key_name",
     "created_at_ms",
 )
+_CLASS_COLUMNS = tuple(f"{name}_picocredits" for name in PRICE_CLASS_COLUMNS)
 
 
 class UsageRecord(BaseModel):
@@ -73,11 +75,14 @@ class UsageRecord(BaseModel):
     output_tokens: int
     cached_tokens: int
     reasoning_tokens: int
+    cache_write_tokens: int
     duration_ms: int
     ttfb_ms: int | None
     charge_microcredits: int
     attempts: list[dict[str, Any]] | None = None
     key_name: str | None = None
+    # A priced call's exact cost per class, in picocredits (10^-6 microcredit); empty when a bill charged it.
+    class_picocredits: dict[str, int] = Field(default_factory=dict)
     created_at_ms: int
 
 
@@ -92,6 +97,8 @@ class UsageSummaryRow(BaseModel):
     output_tokens: int
     total_tokens: int
     charge_microcredits: int
+    # The exact cost per price class of the group's priced calls, in picocredits (10^-6 microcredit).
+    class_picocredits: dict[str, int] = Field(default_factory=dict)
 
 
 def parse_time(value: str, field: str, now_ms: int) -> int:
@@ -172,7 +179,7 @@ async def list_usage(
     """The matching records, newest first, skipping the first `offset`."""
     columns = usage_records.c
     stmt = (
-        select(*(columns[name] for name in _RECORD_COLUMNS))
+        select(*(columns[name] for name in (*_RECORD_COLUMNS, *_CLASS_COLUMNS)))
         .where(usage_filter.where())
         .order_by(columns.created_at_ms.desc(), columns.request_id.desc())
         .limit(_check_limit(limit))
@@ -180,7 +187,13 @@ async def list_usage(
     )
     async with db.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-    return [UsageRecord.model_validate(dict(row._mapping)) for row in rows]
+    return [UsageRecord.model_validate({**row._mapping, "class_picocredits": _classes(row)}) for row in rows]
+
+
+def _classes(row: Any) -> dict[str, int]:
+    """The nonzero per-class costs of a row (a record, or a summary group's sums)."""
+    costs = {name: int(getattr(row, f"{name}_picocredits")) for name in PRICE_CLASS_COLUMNS}
+    return {name: cost for name, cost in costs.items() if cost}
 
 
 def _slot(size_ms: int) -> ColumnElement[Any]:
@@ -211,7 +224,9 @@ def _summary_select(group_by: GroupBy) -> Select[Any]:
     }
     key = keys[group_by].label("key")
     charge = func.coalesce(func.sum(columns.charge_microcredits), 0)
-    stmt = select(key, *_totals()).group_by(key)
+    stmt = select(
+        key, *_totals(), *(func.coalesce(func.sum(columns[name]), 0).label(name) for name in _CLASS_COLUMNS)
+    ).group_by(key)
     if group_by == "day":
         return stmt.order_by(key.desc())
     return stmt.order_by(charge.desc(), func.count().desc(), key.asc().nulls_last())
@@ -236,6 +251,7 @@ async def summarize_usage(
             output_tokens=int(row.output_tokens),
             total_tokens=int(row.input_tokens) + int(row.output_tokens),
             charge_microcredits=int(row.charge_microcredits),
+            class_picocredits=_classes(row),
         )
         for row in rows
     ]

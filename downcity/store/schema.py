@@ -22,6 +22,8 @@ metadata = MetaData()
 ACCOUNT_ID = 265
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Same as downcity.ai.pricing.PRICE_CLASSES (a test keeps them equal); the store imports nothing above it.
+PRICE_CLASS_COLUMNS = ("input", "cached_input", "cache_write", "output", "reasoning", "request", "image", "second")
 
 meta = Table(
     "meta",
@@ -138,6 +140,9 @@ usage_records = Table(
     Column("output_tokens", Integer, nullable=False, default=0),
     Column("cached_tokens", Integer, nullable=False, default=0),
     Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("cache_write_tokens", Integer, nullable=False, default=0),
+    # A priced call's cost per class (downcity.ai.pricing.PRICE_CLASSES), exact, in picocredits (10^-6 microcredit).
+    *(Column(f"{name}_picocredits", BigInteger, nullable=False, default=0) for name in PRICE_CLASS_COLUMNS),
     Column("duration_ms", Integer, nullable=False, default=0),
     Column("ttfb_ms", Integer, nullable=True),
     Column("charge_microcredits", BigInteger, nullable=False, default=0),
@@ -210,4 +215,30 @@ async_jobs = Table(
     Column("finished_at_ms", BigInteger, nullable=True),
     Index("ix_async_jobs_status_next_poll", "status", "next_poll_at_ms"),
     Index("ix_async_jobs_owner", "city_id", "user_id", "created_at_ms"),
+)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    # One city's quota, stored by the admin routes; the Federation's declared quotas are not stored.
+    Column("city_id", String(64), primary_key=True),
+    Column("quota_id", String(64), primary_key=True),
+    Column("spec", JSONType, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+quota_windows = Table(
+    "quota_windows",
+    metadata,
+    # What one budget (a quota's scope: city, and user or metadata value or model) used in one window of one
+    # metric (requests or tokens per minute, credits per day or month); `used` moves by guarded deltas only.
+    Column("bucket", String(400), primary_key=True),
+    Column("metric", String(16), primary_key=True),
+    Column("window_start_ms", BigInteger, primary_key=True),
+    Column("city_id", String(64), nullable=False),
+    Column("used", BigInteger, nullable=False),
+    Column("window_end_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Index("ix_quota_windows_city_end", "city_id", "window_end_ms"),
 )

@@ -135,6 +135,7 @@ def test_the_graph_reads_imports_of_the_real_tree() -> None:
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("settings", "types", "errors", "metrics", "accounts"),
     ("store",),
+    ("quotas",),
     ("secrets", "cities", "ai", "client", "ledger"),
     ("auth", "env", "gateway", "demo"),
     ("readiness", "cli"),

@@ -10,8 +10,8 @@ import downcity
 EXPECTED = {
     "AIService", "ActionResult", "Breaker", "ChargeDraft", "CityInfo", "Context", "DowncityHTTPError", "Failure",
     "FallbackRule", "Federation", "FederationFileError", "FilePart", "Hooks", "ImageJobResult", "MediaInfo",
-    "Metering", "ModelConfig", "OpenAICompatibleClient", "OpenAICompatibleProvider", "Provider", "ReasoningPart",
-    "Retry", "Settings", "TextPart", "Timeouts", "ToolCallPart", "UIMessage", "Usage", "UserInfo",
+    "Metering", "ModelConfig", "OpenAICompatibleClient", "OpenAICompatibleProvider", "Price", "Provider",
+    "ReasoningPart", "Retry", "Settings", "TextPart", "Timeouts", "ToolCallPart", "UIMessage", "Usage", "UserInfo",
     "build_assistant_message", "build_image_message", "build_tool_set", "load_federation_file", "normalize_ai_usage",
     "normalize_openai_compatible_body", "read_openai_compatible_sse_usage", "read_required_env",
     "resolve_upstream_model", "trim_trailing_slash",

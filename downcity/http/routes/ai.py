@@ -24,7 +24,8 @@ def _timed(payload: dict[str, Any], header_ms: int | None) -> dict[str, Any]:
 
 
 def _answer(answer: lifecycle.Answer) -> JSONResponse:
-    return JSONResponse(answer.body, headers={"idempotent-replayed": "true"} if answer.replayed else None)
+    replayed = {"idempotent-replayed": "true"} if answer.replayed else {}
+    return JSONResponse(answer.body, headers={**answer.headers, **replayed} or None)
 
 
 @router.get("/models")
@@ -56,8 +57,9 @@ async def stream(
 ) -> StreamingResponse:
     """Stream one assistant message in the AI SDK UI message stream protocol."""
     payload = _timed(body.model_dump(exclude_none=True), timeout_ms)
-    chunks = await lifecycle.ui_stream(runtime, caller, payload, idempotency_key)
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=UI_STREAM_HEADERS)
+    streamed = await lifecycle.ui_stream(runtime, caller, payload, idempotency_key)
+    headers = {**UI_STREAM_HEADERS, **streamed.headers}
+    return StreamingResponse(streamed.body, media_type="text/event-stream", headers=headers)
 
 
 @router.post("/chat/completions")
@@ -71,8 +73,8 @@ async def chat_completions(
     """OpenAI-compatible chat/completions: the provider's `openai()` or auto-passthrough."""
     payload = _timed(body.model_dump(exclude_unset=True), timeout_ms)
     if body.stream:
-        chunks = await lifecycle.chat_stream(runtime, caller, payload, idempotency_key)
-        return StreamingResponse(chunks, media_type="text/event-stream")
+        streamed = await lifecycle.chat_stream(runtime, caller, payload, idempotency_key)
+        return StreamingResponse(streamed.body, media_type="text/event-stream", headers=streamed.headers or None)
     return _answer(await lifecycle.chat(runtime, caller, payload, idempotency_key))
 
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from downcity.ai.federation_file import FederationFileError, load_federation_file
-from downcity.ai.federation_spec import FlatPrice, MediaMatch, TokenPrice
+from downcity.ai.federation_spec import MediaMatch
+from downcity.ai.pricing import Price
 from downcity.ai.provider import MediaInfo
 from downcity.runtime import load_federation
 
@@ -66,9 +67,13 @@ def test_the_shipped_example_declares_an_openai_upstream_with_a_vision_fallback(
         "https://api.openai.com/v1",
         "OPENAI_API_KEY",
     )
-    assert (chat.default, chat.hold_microcredits, chat.bill) == (("text", "stream", "openai"), 20_000, TokenPrice(1, 4))
+    assert (chat.default, chat.hold_microcredits, chat.price) == (
+        ("text", "stream", "openai"),
+        20_000,
+        Price(input=1_000_000, output=4_000_000),
+    )
     assert [(rule.match, rule.model) for rule in chat.fallback] == [(MediaMatch("image/*"), "gpt-4o")]
-    assert (vision.media, vision.default, vision.bill) == (("image/*",), (), TokenPrice(3, 10))
+    assert (vision.media, vision.default, vision.price) == (("image/*",), (), Price(input=3_000_000, output=10_000_000))
 
 
 def test_a_file_names_hooks_and_a_bill_function_by_import_path(tmp_path: Path) -> None:
@@ -77,9 +82,9 @@ def test_a_file_names_hooks_and_a_bill_function_by_import_path(tmp_path: Path) -
     federation = load_federation_file(write(tmp_path, VALID))
     chat, eyes = federation.models["chat"], federation.models["eyes"]
     assert federation.hooks.before == [yaml_hooks.deny_banned]
-    assert (chat.hooks.after, chat.bill, chat.provider.passthrough_model) == (
+    assert (chat.hooks.after, chat.price, chat.provider.passthrough_model) == (
         [yaml_hooks.deny_banned],
-        FlatPrice(700),
+        Price(per_request=700),
         "upstream-chat",
     )
     assert eyes.bill is yaml_hooks.half_price
@@ -100,10 +105,36 @@ def test_a_model_of_an_undeclared_provider_is_refused_naming_the_declared_ones(t
     assert refusal(tmp_path, text) == "federation.yaml:20: models[1].provider: no provider 'upp'; declared: ['up']"
 
 
-def test_a_priced_model_without_a_hold_is_refused_at_the_model(tmp_path: Path) -> None:
-    text = VALID.replace("    hold_microcredits: 700\n", "")
+def test_a_model_billed_by_a_function_without_a_hold_is_refused_at_the_model(tmp_path: Path) -> None:
+    text = VALID.replace("    hold_microcredits: 1000\n", "")
     assert refusal(tmp_path, text) == (
-        "federation.yaml:10: models[0].hold_microcredits: a billed model needs a hold that bounds one call's cost"
+        "federation.yaml:19: models[1].hold_microcredits: a billed model needs a hold (or a price) that bounds one "
+        "call's cost"
+    )
+
+
+def test_a_priced_model_needs_no_hold_and_declares_its_rates_per_million_tokens(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "    price: {per_call: 700}\n    hold_microcredits: 700\n",
+        (
+            "    price: {input: 150000, cached_input: 75000, output: 600000, reasoning: 900000}\n"
+            "    max_output_tokens: 4096\n"
+        ),
+    )
+    chat = load_federation_file(write(tmp_path, text)).models["chat"]
+    assert (chat.price, chat.max_output_tokens, chat.hold_microcredits, chat.billable) == (
+        Price(input=150_000, cached_input=75_000, output=600_000, reasoning=900_000),
+        4096,
+        None,
+        True,
+    )
+
+
+def test_a_rate_given_in_both_spellings_is_refused(tmp_path: Path) -> None:
+    text = VALID.replace("{per_call: 700}", "{per_call: 700, per_request: 700}")
+    assert (
+        refusal(tmp_path, text)
+        == "federation.yaml:15: models[0].price.per_call: give per_request or per_call, not both"
     )
 
 
@@ -144,3 +175,18 @@ def test_invalid_yaml_is_refused_on_the_line_of_the_problem(tmp_path: Path) -> N
 def test_the_readme_shows_the_shipped_example() -> None:
     (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     assert yaml.safe_load(block) == yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_a_file_declares_quotas(tmp_path: Path) -> None:
+    text = VALID + "quotas:\n  - {id: starter, metadata: {plan: starter}, requests_per_minute: 5, per_user: true}\n"
+    (quota,) = load_federation_file(write(tmp_path, text)).quotas
+    assert (quota.id, quota.metadata, quota.limits(), quota.per_user) == (
+        "starter",
+        {"plan": "starter"},
+        {"requests": 5},
+        True,
+    )
+
+
+def test_a_quota_without_a_limit_is_refused_in_the_file(tmp_path: Path) -> None:
+    assert "quotas[0]" in refusal(tmp_path, VALID + "quotas:\n  - {id: starter}\n")

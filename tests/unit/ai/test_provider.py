@@ -125,6 +125,8 @@ def test_to_public_hides_upstream_details() -> None:
         "pathways": ["text", "stream", "openai"],
         "default_for": ["text"],
         "media": ["image/*"],
+        "price": None,
+        "max_output_tokens": None,
     }
 
 

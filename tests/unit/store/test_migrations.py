@@ -23,6 +23,8 @@ EXPECTED_TABLES = {
     "idempotency_claims",
     "ledger_entries",
     "meta",
+    "quota_windows",
+    "quotas",
     "revoked_tokens",
     "settle_outbox",
     "signing_keys",

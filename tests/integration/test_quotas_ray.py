@@ -1,0 +1,166 @@
+"""Quotas on the real local Ray cluster, over HTTP, with two ingress replicas admitting through one Quota actor.
+
+A second app serves `tests.integration.quota_federation` beside the session's app (sharing its PostgreSQL
+database and provider key): exactly `rpm` calls of a plan pass a storm of concurrent calls and the rest get 429
+with OpenAI's headers; the next window (the Quota actor's clock moved a minute on) admits again; a TPM claim is
+trued up to the tokens used; a daily credit budget stops at exactly the budget; one city's limits never touch
+another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.serve._private.common import ReplicaState
+from ray.serve.deployment import Deployment
+
+from actors.app import AppArgs
+from actors.ingress import Ingress
+from actors.placement import actor_options
+from actors.providers import ProviderDeployment
+from actors.quotas import QUOTA_ACTOR_NAME
+from actors.serving import RAY_NAMESPACE
+from downcity.runtime import load_federation
+from tests.integration.conftest import ServedApp, eventually
+from tests.integration.quota_federation import DAILY_CALLS, PER_REQUEST, RPM, TPM
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+FEDERATION = "tests.integration.quota_federation:federation"
+APP = "downcity-quotas"
+PREFIX = "/quotas"
+INGRESS_REPLICAS = 2
+DEPLOY_DEADLINE_S = 240
+RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+CREDIT = 10_000_000
+
+
+def deploy(database_url: str, data_dir: str) -> None:
+    args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir)
+    settings = args.settings()
+    providers = {
+        provider_id: cast(Deployment, ProviderDeployment)
+        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
+        .bind(FEDERATION, provider_id, settings)
+        for provider_id in load_federation(FEDERATION).providers
+    }
+    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=INGRESS_REPLICAS)
+    serve.run(ingress.bind(FEDERATION, settings, providers, args.control_resources), name=APP, route_prefix=PREFIX)
+
+
+def running_ingress_replicas() -> int:
+    status = serve.status().applications.get(APP)
+    if status is None or status.status != "RUNNING":
+        return 0
+    ingress = status.deployments.get("ingress")
+    return int(ingress.replica_states.get(ReplicaState.RUNNING, 0)) if ingress is not None else 0
+
+
+@pytest.fixture(scope="module")
+def quota_url(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    deploy(served.database_url, str(tmp_path_factory.mktemp("quotas")))
+    ends = time.monotonic() + DEPLOY_DEADLINE_S
+    while running_ingress_replicas() != INGRESS_REPLICAS:
+        assert time.monotonic() < ends, f"{APP} never ran {INGRESS_REPLICAS} ingress replicas: {serve.status()}"
+        time.sleep(0.2)
+    yield served.url + PREFIX
+    serve.delete(APP)
+
+
+async def user(served: ServedApp, plan: str, city_id: str | None = None) -> tuple[str, str, str]:
+    return await served.new_user(city_id=city_id, credit=CREDIT, metadata={"plan": plan})
+
+
+async def storm(url: str, token: str, calls: int, **body: Any) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=calls)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        payload = {"prompt": "quota storm", **body}
+        return list(
+            await asyncio.gather(*(client.post("/v1/ai/text", json=payload, headers=headers) for _ in range(calls)))
+        )
+
+
+async def advance_quota_clock(ms: int) -> None:
+    actor = ray.get_actor(QUOTA_ACTOR_NAME, namespace=RAY_NAMESPACE)
+    await actor.advance_clock.remote(ms)
+
+
+async def consumption(served: ServedApp, city_id: str, metric: str) -> int:
+    listed = await served.admin.get(f"{PREFIX}/v1/quotas/list", params={"city_id": city_id})
+    assert listed.status_code == 200, listed.text
+    return sum(int(use["used"]) for use in listed.json()["consumption"] if use["metric"] == metric)
+
+
+async def test_rpm_admits_exactly_its_limit_across_replicas_then_the_next_window(
+    served: ServedApp, quota_url: str
+) -> None:
+    _, _, token = await user(served, "starter")
+
+    replies = await storm(quota_url, token, 100)
+
+    statuses = [reply.status_code for reply in replies]
+    assert (statuses.count(200), statuses.count(429)) == (RPM, 100 - RPM)
+    refused = [reply for reply in replies if reply.status_code == 429]
+    assert {reply.json()["error"]["type"] for reply in refused} == {"rate_limited"}
+    assert all("retry-after" in reply.headers for reply in refused)
+    assert all(all(name in reply.headers for name in RATE_HEADERS) for reply in replies)
+    assert {reply.headers["x-ratelimit-limit-requests"] for reply in replies} == {str(RPM)}
+    assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in replies if r.status_code == 200) == list(
+        range(RPM)
+    )
+
+    await advance_quota_clock(60_000)
+    (again,) = await storm(quota_url, token, 1)
+    assert (again.status_code, again.headers["x-ratelimit-remaining-requests"]) == (200, str(RPM - 1))
+
+
+async def test_one_citys_limits_never_touch_another(served: ServedApp, quota_url: str) -> None:
+    _, _, first = await user(served, "starter")
+    _, _, second = await user(served, "starter")
+
+    both = await asyncio.gather(storm(quota_url, first, 40), storm(quota_url, second, 40))
+
+    assert [[reply.status_code for reply in replies].count(200) for replies in both] == [RPM, RPM]
+
+
+async def test_a_daily_credit_budget_stops_at_exactly_the_budget_under_200_concurrent_calls(
+    served: ServedApp, quota_url: str
+) -> None:
+    city_id, user_id, token = await user(served, "daily")
+
+    replies = await storm(quota_url, token, 200)
+
+    statuses = [reply.status_code for reply in replies]
+    assert (statuses.count(200), statuses.count(402)) == (DAILY_CALLS, 200 - DAILY_CALLS)
+    assert {reply.json()["error"]["type"] for reply in replies if reply.status_code == 402} == {"budget_exceeded"}
+    balance = await served.admin.get("/v1/balance/get", params={"city_id": city_id, "user_id": user_id})
+    assert balance.json()["balance"] == CREDIT - DAILY_CALLS * PER_REQUEST
+    spent = await eventually(
+        lambda: consumption(served, city_id, "credits_day"), lambda used: used == DAILY_CALLS * PER_REQUEST
+    )
+    assert spent == DAILY_CALLS * PER_REQUEST
+
+
+async def test_tpm_reserves_the_estimate_and_the_true_up_refunds_what_was_not_used(
+    served: ServedApp, quota_url: str
+) -> None:
+    city_id, _, token = await user(served, "tpm")
+    # max_tokens near the limit: a second call fits only once the first one's unused estimate is refunded.
+    max_tokens = TPM - 100
+
+    (first,) = await storm(quota_url, token, 1, max_tokens=max_tokens)
+
+    assert first.status_code == 200, first.text
+    usage = first.json()["metadata"]["usage"]
+    used = usage["input_tokens"] + usage["output_tokens"]
+    assert await eventually(lambda: consumption(served, city_id, "tokens"), lambda tokens: tokens == used) == used
+    (second,) = await storm(quota_url, token, 1, max_tokens=max_tokens)
+    assert second.status_code == 200, second.text
