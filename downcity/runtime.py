@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,6 +22,7 @@ from downcity.auth import (
 from downcity.cities import CityCache, CityStore
 from downcity.env import EnvCache, EnvStore
 from downcity.gateway.ports import ProviderGateway
+from downcity.ledger.leases import LeaseBook, LeasePolicy
 from downcity.ledger.renewer import HoldRenewer
 from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
@@ -85,9 +87,14 @@ class Runtime:
     readiness: Readiness = field(default_factory=Readiness)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     renewer: HoldRenewer = field(init=False)
+    leases: LeaseBook | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.renewer = HoldRenewer(self.ledger, self.settings.hold_expiry_s / 3)
+        policy = LeasePolicy.from_settings(self.settings)
+        # The owner names this process in its lease rows: what an operator sees in `holds.owner`.
+        owner = f"replica-{uuid.uuid4().hex[:16]}"
+        self.leases = LeaseBook(self.ledger, owner, policy) if policy.enabled else None
 
     @classmethod
     async def open(
@@ -151,6 +158,8 @@ class Runtime:
         await self.city_cache.start()
         await self.security.keyring.start()
         await self.security.revocation_cache.start()
+        if self.leases is not None:
+            self.leases.start()
 
     async def stop(self) -> None:
         """Stop the refreshers and close the database pool."""
@@ -159,6 +168,8 @@ class Runtime:
         await self.security.keyring.stop()
         await self.security.revocation_cache.stop()
         await self.renewer.close()
+        if self.leases is not None:
+            await self.leases.close()
         for close in reversed(self.on_stop):
             await close()
         await self.db.dispose()
