@@ -86,14 +86,15 @@ class Runtime:
     metrics: Metrics = field(default_factory=NoMetrics)
     readiness: Readiness = field(default_factory=Readiness)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The name this process's credit leases carry in `holds.owner`; a random one when not given.
+    lease_owner: str | None = None
     renewer: HoldRenewer = field(init=False)
     leases: LeaseBook | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.renewer = HoldRenewer(self.ledger, self.settings.hold_expiry_s / 3)
         policy = LeasePolicy.from_settings(self.settings)
-        # The owner names this process in its lease rows: what an operator sees in `holds.owner`.
-        owner = f"replica-{uuid.uuid4().hex[:16]}"
+        owner = self.lease_owner or f"process-{uuid.uuid4().hex[:16]}"
         self.leases = LeaseBook(self.ledger, owner, policy) if policy.enabled else None
 
     @classmethod
@@ -108,6 +109,7 @@ class Runtime:
         metrics: Metrics | None = None,
         db: Database | None = None,
         env: EnvCache | None = None,
+        lease_owner: str | None = None,
     ) -> Runtime:
         """Connect storage and load every cache; the database must already be migrated."""
         database = db or Database(settings.resolved_database_url)
@@ -139,6 +141,7 @@ class Runtime:
             ledger=ledger,
             jobs=jobs,
             metrics=metrics or NoMetrics(),
+            lease_owner=lease_owner,
         )
         if settings.ready_requires_env:
             runtime.readiness.add("required_env", required_env_check(runtime.env, settings.ready_requires_env))
