@@ -14,8 +14,7 @@ Each is measured at `--connections` and at one connection, next to the `Echo` ap
 with every run's non-2xx count; a run with any is marked INVALID.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see `Request` itself in the pickled-by-value routes.
 import argparse
 import os
 import shutil
@@ -27,6 +26,7 @@ from actors.serving import apply_throughput_mode, free_port
 apply_throughput_mode()
 
 import aiohttp  # noqa: E402
+import httpx  # noqa: E402
 import ray  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from ray import serve  # noqa: E402
@@ -74,7 +74,9 @@ class Caller:
                 async with self._handle.choose_replica() as selection:
                     endpoint = selection._replica.backend_http_endpoint
                     if endpoint is not None:
-                        seen.add(tuple(endpoint))
+                        host, port = endpoint
+                        # A replica binds Serve's HTTP host (127.0.0.1 here) but reports its node's IP.
+                        seen.add(("127.0.0.1" if host == ray.util.get_node_ip_address() else host, port))
             self._endpoints = sorted(seen)
         self._next = (self._next + 1) % len(self._endpoints)
         return self._endpoints[self._next]
@@ -110,6 +112,10 @@ def main() -> None:
         url = f"http://127.0.0.1:{http_port}"
         targets = [("Echo app direct (floor)", f"{url}/echo/"), ("handle", f"{url}/caller/handle")]
         targets.append(("byte relay", f"{url}/caller/relay"))
+        for name, target in targets:
+            answer = httpx.post(target, json=BODY, timeout=30)
+            if answer.status_code != 200:
+                sys.exit(f"{name}: {answer.status_code} {answer.text[:300]}")
         results: list[tuple[str, Run, Run]] = []
         for name, target in targets:
             wrk(target, BODY, {}, args.connections, 2)
