@@ -31,6 +31,7 @@ class AppArgs(BaseModel):
     database_url: str | None = Field(default=None, description="SQLAlchemy async URL; default embedded SQLite")
     data_dir: str = Field(default=".downcity", description="embedded data dir (SQLite file, master key)")
     ledger_shards: int = Field(default=1, ge=1, le=64)
+    leases: bool = Field(default=False, description="admit calls on per-replica credit leases (billing.md)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     provider_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray resources each provider replica requests; empty: any node"
@@ -59,6 +60,7 @@ class AppArgs(BaseModel):
             "data_dir": str(Path(self.data_dir).resolve()),
             "database_url": self.database_url or Settings.from_env().database_url,
             "ledger_shards": self.ledger_shards,
+            "leases": self.leases,
             "max_body_bytes": self.max_body_bytes,
             "ready_requires_env": list(self.ready_requires_env),
         }

@@ -39,7 +39,8 @@ class Ingress:
     ) -> None:
         resolved = Settings.with_env_secrets(settings)
         ledger = get_ledger(resolved.resolved_database_url, resolved.ledger_shards, resources=control_resources)
-        app_name = serve.get_replica_context().app_name
+        context = serve.get_replica_context()
+        app_name = context.app_name
         manager = get_job_manager(federation, settings, app_name=app_name, resources=control_resources)
         self._runtime = await Runtime.open(
             load_federation(federation),
@@ -49,6 +50,9 @@ class Ingress:
             jobs=JobManagerClient(manager),
             metrics=ray_metrics(),
             quotas=get_quotas(resolved.resolved_database_url, resources=control_resources),
+            # What an operator sees in `holds.owner`: the replica, as Serve names it (its actor is
+            # `SERVE_REPLICA::<this>`).
+            lease_owner=f"{app_name}#{context.deployment}#{context.replica_id.unique_id}",
         )
         add_ray_checks(self._runtime.readiness, providers, ledger, manager, resolved.ready_requires_env)
 

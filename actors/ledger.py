@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import ray
@@ -24,7 +25,7 @@ from actors.metrics import ray_metrics
 from actors.placement import HEAD_PINNED
 from actors.serving import RAY_NAMESPACE
 from downcity.errors import DowncityHTTPError
-from downcity.ledger import Balance, HoldResult, Ledger, LedgerEntry, SettleResult, ShardedLedger
+from downcity.ledger import Balance, HoldResult, LeaseResult, Ledger, LedgerEntry, SettleResult, ShardedLedger
 from downcity.settings import Settings
 from downcity.store.database import Database
 
@@ -36,6 +37,7 @@ LEDGER_METHODS = frozenset(
         "debit",
         "reserve",
         "settle",
+        "lease",
         "release",
         "renew",
         "record_usage",
@@ -69,10 +71,13 @@ Outcome = tuple[bool, Any]
 class LedgerActor:
     """One Ledger (one shard) in its own process; it opens its database and starts on the first call."""
 
-    def __init__(self, database_url: str, shard: tuple[int, int], hold_expiry_s: int) -> None:
+    def __init__(
+        self, database_url: str, shard: tuple[int, int], hold_expiry_s: int, lease_max_fraction: float
+    ) -> None:
         self._database_url = database_url
         self._shard = shard
         self._hold_expiry_s = hold_expiry_s
+        self._lease_max_fraction = lease_max_fraction
         self._ledger: Ledger | None = None
         self._starting = asyncio.Lock()
 
@@ -84,6 +89,7 @@ class LedgerActor:
                     shard=self._shard,
                     hold_expiry_s=self._hold_expiry_s,
                     metrics=ray_metrics(),
+                    lease_max_fraction=self._lease_max_fraction,
                 )
                 await ledger.start()
                 self._ledger = ledger
@@ -204,10 +210,19 @@ class _ActorShard:
         note: str | None = None,
         metadata: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
+        lease: str | None = None,
+        lease_hold: int = 0,
     ) -> SettleResult:
         """`Ledger.settle` on the actor."""
-        fields = {"ref": ref, "note": note, "metadata": metadata, "usage": usage}
+        fields: dict[str, Any] = {"ref": ref, "note": note, "metadata": metadata, "usage": usage}
+        if lease is not None:
+            fields.update(lease=lease, lease_hold=lease_hold)
         result: SettleResult = await self._call("settle", key, user_id, amount, **fields)
+        return result
+
+    async def lease(self, key: str, user_id: str, owner: str, amount: int, minimum: int) -> LeaseResult:
+        """`Ledger.lease` on the actor."""
+        result: LeaseResult = await self._call("lease", key, user_id, owner, amount, minimum)
         return result
 
     async def release(
@@ -256,11 +271,15 @@ class LedgerClient(ShardedLedger):
 
 
 def _connector(
-    name: str, database_url: str, shard: tuple[int, int], hold_expiry_s: int, resources: dict[str, float]
+    name: str,
+    database_url: str,
+    shard: tuple[int, int],
+    settings: Settings,
+    resources: dict[str, float],
 ) -> Callable[[], ActorHandle[LedgerActor]]:
     def connect() -> ActorHandle[LedgerActor]:
         options = LedgerActorClass.options(name=name, resources=resources, **ACTOR_OPTIONS)
-        handle = options.remote(database_url, shard, hold_expiry_s)
+        handle = options.remote(database_url, shard, settings.hold_expiry_s, settings.lease_max_fraction)
         return cast(ActorHandle[LedgerActor], handle)
 
     return connect
@@ -282,10 +301,12 @@ def get_ledger(
     """
     if shards < 1:
         raise ValueError("shards must be at least 1")
-    expiry = hold_expiry_s if hold_expiry_s is not None else Settings.from_env().hold_expiry_s
+    settings = Settings.from_env()
+    if hold_expiry_s is not None:
+        settings = replace(settings, hold_expiry_s=hold_expiry_s)
     placement = HEAD_PINNED if resources is None else resources
     connectors = [
-        _connector(actor_name(index, shards, name), database_url, (index, shards), expiry, placement)
+        _connector(actor_name(index, shards, name), database_url, (index, shards), settings, placement)
         for index in range(shards)
     ]
     return LedgerClient([_ActorShard(connect, retry_deadline_s) for connect in connectors])

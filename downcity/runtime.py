@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,6 +22,7 @@ from downcity.auth import (
 from downcity.cities import CityCache, CityStore
 from downcity.env import EnvCache, EnvStore
 from downcity.gateway.ports import ProviderGateway
+from downcity.ledger.leases import LeaseBook, LeasePolicy
 from downcity.ledger.renewer import HoldRenewer
 from downcity.ledger.types import LedgerPort
 from downcity.metrics import Metrics, NoMetrics
@@ -88,10 +90,16 @@ class Runtime:
     metrics: Metrics = field(default_factory=NoMetrics)
     readiness: Readiness = field(default_factory=Readiness)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The name this process's credit leases carry in `holds.owner`; a random one when not given.
+    lease_owner: str | None = None
     renewer: HoldRenewer = field(init=False)
+    leases: LeaseBook | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.renewer = HoldRenewer(self.ledger, self.settings.hold_expiry_s / 3)
+        policy = LeasePolicy.from_settings(self.settings)
+        owner = self.lease_owner or f"process-{uuid.uuid4().hex[:16]}"
+        self.leases = LeaseBook(self.ledger, owner, policy) if policy.enabled else None
 
     @classmethod
     async def open(
@@ -106,6 +114,7 @@ class Runtime:
         db: Database | None = None,
         env: EnvCache | None = None,
         quotas: QuotaPort | None = None,
+        lease_owner: str | None = None,
     ) -> Runtime:
         """Connect storage and load every cache; the database must already be migrated.
 
@@ -143,6 +152,7 @@ class Runtime:
             quota_cache=QuotaCache(quota_store),
             jobs=jobs,
             metrics=metrics or NoMetrics(),
+            lease_owner=lease_owner,
         )
         if settings.ready_requires_env:
             runtime.readiness.add("required_env", required_env_check(runtime.env, settings.ready_requires_env))
@@ -164,6 +174,8 @@ class Runtime:
         await self.quota_cache.start()
         await self.security.keyring.start()
         await self.security.revocation_cache.start()
+        if self.leases is not None:
+            self.leases.start()
 
     async def stop(self) -> None:
         """Stop the refreshers and close the database pool."""
@@ -173,6 +185,8 @@ class Runtime:
         await self.security.keyring.stop()
         await self.security.revocation_cache.stop()
         await self.renewer.close()
+        if self.leases is not None:
+            await self.leases.close()
         for close in reversed(self.on_stop):
             await close()
         await self.db.dispose()

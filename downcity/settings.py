@@ -20,6 +20,14 @@ DEFAULT_IMAGE_FETCH_CONCURRENCY = 64
 DEFAULT_IMAGE_LEASE_MS = 90_000
 # A hold's TTL: live calls renew theirs every third of it, so only an abandoned hold expires, within minutes.
 DEFAULT_HOLD_EXPIRY_S = 120
+# Credit leases (docs/operators/billing.md): a lease covers this many seconds of an account's recent spend,
+# at least this many holds of the call asking, and at most this fraction of the available balance; a lease
+# no call used for the idle time is returned, and a refused call waits this long for recalled leases.
+DEFAULT_LEASE_WINDOW_S = 2.0
+DEFAULT_LEASE_MIN_CALLS = 4
+DEFAULT_LEASE_MAX_FRACTION = 0.5
+DEFAULT_LEASE_IDLE_S = 1.0
+DEFAULT_LEASE_RECALL_WAIT_S = 3.0
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Money bounds, so no sum of ledger amounts can overflow a 64-bit column: one credit or debit at most
 # MAX_AMOUNT_MICROCREDITS, a balance credited up to MAX_BALANCE_MICROCREDITS (about a ninth of 2^63).
@@ -31,6 +39,11 @@ MAX_ENTRY_ID = 2**63 - 1
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,13 @@ class Settings:
     image_fetch_concurrency: int = DEFAULT_IMAGE_FETCH_CONCURRENCY
     image_lease_ms: int = DEFAULT_IMAGE_LEASE_MS
     ledger_shards: int = 1
+    # Credit leases (see DEFAULT_LEASE_*); off, every call gets its own hold.
+    leases: bool = False
+    lease_window_s: float = DEFAULT_LEASE_WINDOW_S
+    lease_min_calls: int = DEFAULT_LEASE_MIN_CALLS
+    lease_max_fraction: float = DEFAULT_LEASE_MAX_FRACTION
+    lease_idle_s: float = DEFAULT_LEASE_IDLE_S
+    lease_recall_wait_s: float = DEFAULT_LEASE_RECALL_WAIT_S
     # Provider keys `/ready` waits for, e.g. the demo key `downcity up --demo` seeds last.
     ready_requires_env: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
@@ -98,4 +118,10 @@ class Settings:
             image_fetch_concurrency=_env_int("DOWNCITY_IMAGE_FETCH_CONCURRENCY", DEFAULT_IMAGE_FETCH_CONCURRENCY),
             image_lease_ms=_env_int("DOWNCITY_IMAGE_LEASE_MS", DEFAULT_IMAGE_LEASE_MS),
             ledger_shards=_env_int("DOWNCITY_LEDGER_SHARDS", 1),
+            leases=os.environ.get("DOWNCITY_LEASES", "") in ("1", "true"),
+            lease_window_s=_env_float("DOWNCITY_LEASE_WINDOW_S", DEFAULT_LEASE_WINDOW_S),
+            lease_min_calls=_env_int("DOWNCITY_LEASE_MIN_CALLS", DEFAULT_LEASE_MIN_CALLS),
+            lease_max_fraction=_env_float("DOWNCITY_LEASE_MAX_FRACTION", DEFAULT_LEASE_MAX_FRACTION),
+            lease_idle_s=_env_float("DOWNCITY_LEASE_IDLE_S", DEFAULT_LEASE_IDLE_S),
+            lease_recall_wait_s=_env_float("DOWNCITY_LEASE_RECALL_WAIT_S", DEFAULT_LEASE_RECALL_WAIT_S),
         )

@@ -4,8 +4,9 @@ Order of a call:
 1. resolve the model (explicit id or the pathway default) and apply media fallback;
 2. run `before` hooks (federation → service → model); a hook may deny (e.g. 402/429) or edit `ctx.input`;
 3. admit: the quotas that bind the call take its claims (429/402 when one is spent, see `quotas`), then a
-   billable model's hold is reserved with the Ledger under the call's own key (`call:<request_id>`),
-   so every upstream call has its own hold, entry and usage row; the hold is renewed while the call runs;
+   billable model's call is admitted inside a durable hold: its share of this replica's credit lease (no Ledger
+   trip, see `downcity.ledger.leases`), or a hold reserved under the call's own key (`call:<request_id>`),
+   renewed while the call runs; every upstream call has its own entry and usage row;
 4. call the provider deployment;
 5. resolve the charge (action charge > model bill > provider bill > price > none) and settle it with the usage row
    in one ledger transaction; the Ledger never charges more than the hold;
@@ -27,7 +28,7 @@ from downcity.ai.hooks import run_after, run_before, run_on_error
 from downcity.ai.provider import ModelConfig
 from downcity.ai.resilience import Failure
 from downcity.auth.caller import Caller
-from downcity.calls.admission import admit
+from downcity.calls.admission import Admission, admit
 from downcity.calls.charge import resolve_priced_charge
 from downcity.calls.quotas import QuotaTicket, admit_quotas
 from downcity.calls.resolution import apply_fallback, error_fallback, extract_media, resolve_model
@@ -72,6 +73,7 @@ class Call:
     idempotency_key: str | None = None
     started: float = field(default_factory=time.perf_counter)
     reserved: bool = False
+    admission: Admission | None = None
     settled: bool = False
     usage_source: str = "upstream"
     timeout_ms: int | None = None
@@ -239,6 +241,7 @@ class Call:
             raise unbounded_charge(self.model)
         row = self.usage_row(status, http_status, classes=resolved.classes)
         if self.reserved:
+            ticket = self.admission.ticket if self.admission is not None else None
             applied = await self._settle(
                 PendingSettle(
                     key=self.key,
@@ -248,6 +251,8 @@ class Call:
                     note=charge.note if charge else None,
                     metadata=charge.metadata if charge else None,
                     usage=row,
+                    lease=ticket.lease if ticket is not None else None,
+                    lease_hold=ticket.amount if ticket is not None else 0,
                 )
             )
             if charge is not None and applied != amount:
@@ -267,14 +272,20 @@ class Call:
 
     async def _settle(self, pending: PendingSettle) -> int:
         """Settle with the Ledger, or, when it cannot be reached, durably in the outbox it drains; the charge."""
+        ticket = self.admission.ticket if self.admission is not None else None
         try:
             settled = await pending.apply(self.runtime.ledger)
         except DowncityHTTPError as error:
             if error.status < 500:
+                if ticket is not None and self.runtime.leases is not None:
+                    self.runtime.leases.released(ticket)
                 raise
             logger.warning("settle of %s went to the outbox: %s", self.request_id, error.message)
             await Outbox(self.runtime.db).put(pending)
+            # Owed from the lease until the outbox drains: this replica must not admit that credit again.
             return pending.amount
+        if ticket is not None and self.runtime.leases is not None:
+            self.runtime.leases.settled(ticket, settled)
         return settled.entry.amount_microcredits if settled.entry is not None else 0
 
     async def fail(self, error: DowncityHTTPError, status: str = "error") -> None:
@@ -286,7 +297,12 @@ class Call:
         self.ctx.error = error
         self.ctx.duration_ms = self.elapsed_ms()
         row = self.usage_row(status, error.status, error.type)
-        if self.reserved:
+        ticket = self.admission.ticket if self.admission is not None else None
+        if ticket is not None:
+            await self.runtime.ledger.record_usage(row)
+            if self.runtime.leases is not None:
+                self.runtime.leases.released(ticket)
+        elif self.reserved:
             await self.runtime.ledger.release(self.key, user_id=self.account, usage=row)
         else:
             await self.runtime.ledger.record_usage(row)
@@ -344,12 +360,21 @@ async def begin_call(
         await run_before(ctx, call.chain)
         call.quota = await admit_quotas(runtime, caller, model, ctx.input)
         try:
-            call.reserved = await admit(runtime.ledger, call.key, call.account, model, ctx.input)
+            call.admission = await admit(
+                runtime.ledger,
+                call.key,
+                call.account,
+                model,
+                ctx.input,
+                runtime.leases,
+                runtime.settings.lease_recall_wait_s,
+            )
         except DowncityHTTPError:
             if call.quota is not None:
                 await call.quota.refund()
             raise
-        if call.reserved:
+        call.reserved = call.admission is not None
+        if call.admission is not None and call.admission.ticket is None:
             runtime.renewer.track(call, call.key, call.account)
     except DowncityHTTPError as error:
         call.settled = True

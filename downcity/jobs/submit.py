@@ -115,7 +115,7 @@ async def _create(
     _check_storable("input", ctx.input)
     hold_key = image_hold_key(job_id)
     account = federation.accounts.account_id(city.city_id, user.user_id)
-    held = await admit(ledger, hold_key, account, model, ctx.input)
+    held = await admit(ledger, hold_key, account, model, ctx.input) is not None
     request = ActionRequest(
         request_id=job_id,
         pathway="image",

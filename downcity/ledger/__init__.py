@@ -2,11 +2,12 @@
 
 from downcity.ledger.ledger import Ledger
 from downcity.ledger.sharded import ShardedLedger
-from downcity.ledger.types import Balance, HoldResult, LedgerEntry, LedgerPort, SettleResult, shard_of
+from downcity.ledger.types import Balance, HoldResult, LeaseResult, LedgerEntry, LedgerPort, SettleResult, shard_of
 
 __all__ = [
     "Balance",
     "HoldResult",
+    "LeaseResult",
     "Ledger",
     "LedgerEntry",
     "LedgerPort",

@@ -49,13 +49,14 @@ _RETURNING_IDS = "RETURNING id, idempotency_key"
 _IGNORE_CONFLICTS = "ON CONFLICT DO NOTHING"
 
 
-def _pg_change_holds(keys: str, statuses: str, resolved: str, expires: str) -> str:
+def _pg_change_holds(keys: str, statuses: str, resolved: str, expires: str, amounts: str) -> str:
     # Parallel arrays, not JSON: the planner sizes `unnest` by its arrays, so it probes the primary key per
     # row; with a JSON document it guesses 100 rows and hash-joins a sequential scan of every hold.
     return (
-        "UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms, expires_at_ms = v.expires_at_ms "
-        f"FROM unnest({keys}, {statuses}, {resolved}, {expires}) "
-        "AS v(idempotency_key, status, resolved_at_ms, expires_at_ms) "
+        "UPDATE holds SET status = v.status, resolved_at_ms = v.resolved_at_ms, expires_at_ms = v.expires_at_ms, "
+        "amount_microcredits = v.amount_microcredits "
+        f"FROM unnest({keys}, {statuses}, {resolved}, {expires}, {amounts}) "
+        "AS v(idempotency_key, status, resolved_at_ms, expires_at_ms, amount_microcredits) "
         "WHERE holds.idempotency_key = v.idempotency_key"
     )
 
@@ -66,12 +67,18 @@ _PG_UPDATE_HOLDS = text(
         "CAST(:statuses AS TEXT[])",
         "CAST(:resolved AS BIGINT[])",
         "CAST(:expires AS BIGINT[])",
+        "CAST(:amounts AS BIGINT[])",
     )
 )
 _SQLITE_UPDATE_HOLDS = (
     update(holds)
     .where(holds.c.idempotency_key == bindparam("h_key"))
-    .values(status=bindparam("h_status"), resolved_at_ms=bindparam("h_resolved"), expires_at_ms=bindparam("h_expires"))
+    .values(
+        status=bindparam("h_status"),
+        resolved_at_ms=bindparam("h_resolved"),
+        expires_at_ms=bindparam("h_expires"),
+        amount_microcredits=bindparam("h_amount"),
+    )
 )
 _PG_ADD_DELTAS = text(
     "INSERT INTO balances (user_id, credits_microcredits, held_microcredits, updated_at_ms) "
@@ -83,7 +90,8 @@ _SQLITE_ADD_DELTAS = text(
     f"VALUES (:user_id, :credits_microcredits, :held_microcredits, :updated_at_ms) {_ADD_DELTAS}"
 )
 
-HoldChange = tuple[str, str, int | None, int | None]
+# (key, status, resolved_at_ms, expires_at_ms, amount): a lease's amount moves as calls spend it and top-ups grow it.
+HoldChange = tuple[str, str, int | None, int | None, int]
 BalanceRows = dict[str, tuple[int, int]]
 
 
@@ -100,17 +108,18 @@ def _pg_rows(table: Table, param: str) -> str:
     )
 
 
-# $1 keys assumed absent, $2 balance deltas, $3 new holds, $4-$7 changed holds (keys, statuses, resolution and
-# expiry times), $8 new entries, $9 usage rows. Each result row is (kind, key, a, b): one 'clashes' row with the
-# count in a, an 'entry' row per new entry (key, id) and a 'balance' row per moved account (user, credits, held).
+# $1 keys assumed absent, $2 balance deltas, $3 new holds, $4-$8 changed holds (keys, statuses, resolution and
+# expiry times, amounts), $9 new entries, $10 usage rows. Each result row is (kind, key, a, b): one 'clashes' row
+# with the count in a, an 'entry' row per new entry (key, id) and a 'balance' row per moved account (user, credits,
+# held).
 PG_ONE_TRIP = f"""WITH clashes AS (
     SELECT (SELECT count(*) FROM holds WHERE idempotency_key = ANY($1::text[]))
          + (SELECT count(*) FROM ledger_entries WHERE idempotency_key = ANY($1::text[])) AS n
 ), moved_balances AS ({_pg_rows(balances, "$2::json")} {_ADD_DELTAS}
 ), new_holds AS ({_pg_rows(holds, "$3::json")}
-), changed_holds AS ({_pg_change_holds("$4::text[]", "$5::text[]", "$6::bigint[]", "$7::bigint[]")}
-), new_entries AS ({_pg_rows(ledger_entries, "$8::json")} {_RETURNING_IDS}
-), new_usage AS ({_pg_rows(usage_records, "$9::json")} {_IGNORE_CONFLICTS}
+), changed_holds AS ({_pg_change_holds("$4::text[]", "$5::text[]", "$6::bigint[]", "$7::bigint[]", "$8::bigint[]")}
+), new_entries AS ({_pg_rows(ledger_entries, "$9::json")} {_RETURNING_IDS}
+), new_usage AS ({_pg_rows(usage_records, "$10::json")} {_IGNORE_CONFLICTS}
 )
 SELECT 'clashes' AS kind, NULL::text AS key, n AS a, NULL::bigint AS b FROM clashes
 UNION ALL SELECT 'entry', idempotency_key, id, NULL FROM new_entries
@@ -197,28 +206,28 @@ async def add_balance_deltas(db: Database, conn: AsyncConnection, rows: Sequence
 
 def hold_columns(
     rows: Sequence[HoldChange],
-) -> tuple[list[str], list[str], list[int | None], list[int | None]]:
-    """(key, status, resolved_at_ms, expires_at_ms) rows as the four arrays the PostgreSQL hold update takes."""
+) -> tuple[list[str], list[str], list[int | None], list[int | None], list[int]]:
+    """`HoldChange` rows as the five arrays the PostgreSQL hold update takes."""
     return (
         [row[0] for row in rows],
         [row[1] for row in rows],
         [row[2] for row in rows],
         [row[3] for row in rows],
+        [row[4] for row in rows],
     )
 
 
 async def update_holds(db: Database, conn: AsyncConnection, rows: Sequence[HoldChange]) -> None:
-    """Set (status, resolved_at_ms, expires_at_ms) of existing holds from (key, status, resolved, expires) rows."""
+    """Set (status, resolved_at_ms, expires_at_ms, amount) of existing holds from `HoldChange` rows."""
     if not rows:
         return
     if db.dialect == "postgresql":
-        keys, statuses, resolved, expires = hold_columns(rows)
-        await conn.execute(
-            _PG_UPDATE_HOLDS, {"keys": keys, "statuses": statuses, "resolved": resolved, "expires": expires}
-        )
+        keys, statuses, resolved, expires, amounts = hold_columns(rows)
+        params = {"keys": keys, "statuses": statuses, "resolved": resolved, "expires": expires, "amounts": amounts}
+        await conn.execute(_PG_UPDATE_HOLDS, params)
         return
     changes = [
-        {"h_key": key, "h_status": status, "h_resolved": resolved, "h_expires": expires}
-        for key, status, resolved, expires in rows
+        {"h_key": key, "h_status": status, "h_resolved": resolved, "h_expires": expires, "h_amount": amount}
+        for key, status, resolved, expires, amount in rows
     ]
     await conn.execute(_SQLITE_UPDATE_HOLDS, changes)

@@ -13,6 +13,10 @@ charges at most its hold's amount when it has a hold, and at most the available 
 A hold expires `hold_expiry_s` after its reserve or its last `renew`; the sweeper releases expired holds.
 Live calls renew their holds every third of that TTL, so only abandoned holds are swept.
 
+A credit lease (`lease`) is a hold owned by an ingress replica: a block of at most `lease_max_fraction` of the
+available balance, which the replica admits calls against in memory (`downcity.ledger.leases`). A settle on a
+lease takes the charge out of it. A reserve refused while credit sits in leases recalls them (see `LeaseBoard`).
+
 The cache speeds decisions but is never written back: each batch writes balance deltas, guarded so a
 lowered available balance stays at or above zero, and checks that every row moved to the value it
 decided from. When another writer moved a row (a second `Ledger` on the database, or a commit whose
@@ -42,21 +46,22 @@ from downcity.ledger.checks import (
     normalize_usage,
 )
 from downcity.ledger.memory import LedgerMemory
-from downcity.ledger.ops import Account, BatchState, Op, OpKind, Outcome, decide
+from downcity.ledger.ops import Account, BatchState, LeaseBoard, Op, OpKind, Outcome, decide
 from downcity.ledger.outbox import Outbox
 from downcity.ledger.store import commit_one_trip, entry_row, load_batch, write_batch
 from downcity.ledger.types import (
     Balance,
     HoldResult,
+    LeaseResult,
     LedgerEntry,
     SettleResult,
     shard_of,
 )
 from downcity.metrics import Metrics, NoMetrics
-from downcity.settings import DEFAULT_HOLD_EXPIRY_S
+from downcity.settings import DEFAULT_HOLD_EXPIRY_S, DEFAULT_LEASE_MAX_FRACTION
 from downcity.store.database import Database
 from downcity.store.database import now_ms as current_ms
-from downcity.store.schema import balances, ledger_entries
+from downcity.store.schema import balances, holds, ledger_entries
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,10 @@ class Ledger:
         sweep_interval_s: float | None = None,
         shard: tuple[int, int] = (0, 1),
         metrics: Metrics | None = None,
+        lease_max_fraction: float = DEFAULT_LEASE_MAX_FRACTION,
     ) -> None:
+        if not 0 < lease_max_fraction <= 1:
+            raise ValueError("lease_max_fraction must be in (0, 1]")
         self.db = db
         self.max_batch = max_batch if group_commit else 1
         self.flush_interval_s = flush_interval_ms / 1000
@@ -103,6 +111,7 @@ class Ledger:
         self.shard = shard
         self.metrics = metrics or NoMetrics()
         self._memory = LedgerMemory()
+        self._leases = LeaseBoard(max_fraction=lease_max_fraction)
         self._queue: asyncio.Queue[Op | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -114,6 +123,7 @@ class Ledger:
             return
         if self._closed:
             raise RuntimeError("this Ledger was closed; create a new one")
+        await self._load_leases()
         self._worker = asyncio.create_task(self._run(), name="ledger-worker")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="ledger-sweeper")
 
@@ -160,8 +170,14 @@ class Ledger:
         note: str | None = None,
         metadata: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
+        lease: str | None = None,
+        lease_hold: int = 0,
     ) -> SettleResult:
-        """Charge the final amount, settle the hold with this key and record usage, in one transaction."""
+        """Charge the final amount, settle the hold with this key and record usage, in one transaction.
+
+        With `lease`, the call was admitted on that credit lease with a share of `lease_hold`: the charge,
+        capped by that share, comes out of the lease.
+        """
         result = await self._mutation(
             "settle",
             key,
@@ -171,8 +187,22 @@ class Ledger:
             note=note,
             metadata=check_metadata(metadata),
             usage=normalize_usage(usage) if usage is not None else None,
+            lease=check_text(lease, "lease") if lease is not None else None,
+            lease_hold=check_amount(lease_hold, positive=False),
         )
         return cast(SettleResult, result)
+
+    async def lease(self, key: str, user_id: str, owner: str, amount: int, minimum: int) -> LeaseResult:
+        """Grant the credit lease `key` to `owner`, or top it up, by up to `amount` (nothing below `minimum`)."""
+        result = await self._mutation(
+            "lease",
+            key,
+            user_id,
+            check_amount(amount, positive=True),
+            owner=check_text(owner, "owner"),
+            minimum=check_amount(minimum, positive=False),
+        )
+        return cast(LeaseResult, result)
 
     async def release(
         self, key: str, *, user_id: str | None = None, usage: dict[str, Any] | None = None
@@ -317,6 +347,8 @@ class Ledger:
     async def _commit(self, ops: list[Op]) -> None:
         state, outcomes = await self._commit_in_one_trip(ops) or await self._commit_after_loading(ops)
         self._memory.remember(state, ops)
+        for hold in state.holds.values():
+            self._leases.note(hold)
         for op, outcome in zip(ops, outcomes, strict=True):
             if op.future.done():
                 continue
@@ -326,7 +358,16 @@ class Ledger:
                 op.future.set_result(outcome())
 
     def _state(self, accounts: dict[str, Account]) -> BatchState:
-        return BatchState(accounts, current_ms(), hold_ttl_ms=self.hold_expiry_s * 1000)
+        return BatchState(accounts, current_ms(), hold_ttl_ms=self.hold_expiry_s * 1000, leases=self._leases)
+
+    async def _load_leases(self) -> None:
+        """Learn the live leases of this shard's accounts, so a restarted Ledger can still recall them."""
+        query = select(holds).where(holds.c.status == "held", holds.c.owner.is_not(None))
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        for row in rows:
+            if self.owns(row.user_id):
+                self._leases.live.setdefault(row.user_id, set()).add(row.idempotency_key)
 
     async def _commit_in_one_trip(self, ops: list[Op]) -> tuple[BatchState, list[Outcome]] | None:
         """Decide from what this Ledger knows and write in one statement; None when the batch must load."""

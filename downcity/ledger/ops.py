@@ -14,11 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from downcity.errors import DowncityHTTPError, conflict, insufficient_balance
-from downcity.ledger.types import Balance, EntryKind, HoldResult, HoldStatus, LedgerEntry, SettleResult
+from downcity.ledger.types import (
+    Balance,
+    EntryKind,
+    HoldResult,
+    HoldStatus,
+    LeaseResult,
+    LedgerEntry,
+    SettleResult,
+    credit_leased,
+)
 
 logger = logging.getLogger(__name__)
 
-OpKind = Literal["credit", "debit", "reserve", "settle", "release", "renew", "usage", "sweep"]
+OpKind = Literal["credit", "debit", "reserve", "settle", "release", "renew", "usage", "sweep", "lease"]
 Outcome = Callable[[], Any] | DowncityHTTPError
 
 
@@ -37,11 +46,19 @@ class Op:
     usage: dict[str, Any] | None = None
     now_ms: int = 0
     renewed: tuple[str, ...] = ()
+    # A lease op: the replica asking and the smallest grant worth having. A settle: the lease it was admitted
+    # on and the call's share of it (its hold), which caps the charge like a per-call hold does.
+    owner: str | None = None
+    minimum: int = 0
+    lease: str | None = None
+    lease_hold: int = 0
 
     def touched_keys(self) -> tuple[str, ...]:
         """Every idempotency key the op reads or writes."""
         if self.kind == "renew":
             return self.renewed
+        if self.lease is not None:
+            return (self.key, self.lease)
         return (self.key,) if self.key else ()
 
 
@@ -74,6 +91,7 @@ class HoldRow:
     created_at_ms: int
     resolved_at_ms: int | None
     expires_at_ms: int | None
+    owner: str | None = None
     is_new: bool = False
     dirty: bool = False
 
@@ -125,6 +143,54 @@ class Delta:
 
 
 @dataclass(eq=False)
+class LeaseBoard:
+    """What the Ledger knows of live credit leases across batches: advisory state, never written.
+
+    `live` holds each account's held lease keys; a reserve refused while other credit sits in leases recalls
+    them (their owners return what they have not spent) and blocks new grants to the account for a while, so
+    the refused caller can retry against the returned credit instead of losing to credit parked elsewhere.
+    """
+
+    max_fraction: float = 0.5
+    recall_cooldown_ms: int = 5_000
+    live: dict[str, set[str]] = field(default_factory=dict)
+    recalled: set[str] = field(default_factory=set)
+    blocked_until_ms: dict[str, int] = field(default_factory=dict)
+
+    def note(self, hold: HoldRow) -> None:
+        """Track a lease hold as it now stands."""
+        if hold.owner is None:
+            return
+        keys = self.live.setdefault(hold.user_id, set())
+        if hold.status == "held":
+            keys.add(hold.key)
+            return
+        keys.discard(hold.key)
+        self.recalled.discard(hold.key)
+        if not keys:
+            del self.live[hold.user_id]
+
+    def recall(self, user_id: str, now_ms: int) -> bool:
+        """Recall the account's leases; True when there were any to recall."""
+        keys = self.live.get(user_id)
+        if not keys:
+            return False
+        self.recalled.update(keys)
+        self.blocked_until_ms[user_id] = now_ms + self.recall_cooldown_ms
+        return True
+
+    def blocked(self, user_id: str, now_ms: int) -> bool:
+        """Whether grants to the account are paused after a recall."""
+        until = self.blocked_until_ms.get(user_id)
+        if until is None:
+            return False
+        if until <= now_ms and not any(key in self.recalled for key in self.live.get(user_id, ())):
+            del self.blocked_until_ms[user_id]
+            return False
+        return True
+
+
+@dataclass(eq=False)
 class BatchState:
     """Everything one batch reads and writes: cached accounts, the holds and entries of its keys.
 
@@ -142,6 +208,7 @@ class BatchState:
     deltas: dict[str, Delta] = field(default_factory=dict)
     new_entries: list[EntryRow] = field(default_factory=list)
     usage_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leases: LeaseBoard = field(default_factory=lambda: LeaseBoard())
 
     def account(self, user_id: str) -> Account:
         """The user's account; users never seen by the database start at zero."""
@@ -183,12 +250,12 @@ class BatchState:
         self.new_entries.append(row)
         return row
 
-    def add_hold(self, key: str, user_id: str, amount: int, status: HoldStatus) -> HoldRow:
+    def add_hold(self, key: str, user_id: str, amount: int, status: HoldStatus, owner: str | None = None) -> HoldRow:
         """Record a new hold row; a held one expires a hold TTL from now unless renewed."""
         held = status == "held"
         resolved = None if held else self.now_ms
         expires = self.now_ms + self.hold_ttl_ms if held else None
-        row = HoldRow(key, user_id, amount, status, self.now_ms, resolved, expires, is_new=True)
+        row = HoldRow(key, user_id, amount, status, self.now_ms, resolved, expires, owner, is_new=True)
         self.holds[key] = row
         return row
 
@@ -256,6 +323,8 @@ def _reserve(state: BatchState, op: Op) -> Outcome:
     if entry is not None:
         return _reused(op.key) if (entry.kind, entry.user_id) == ("charge", op.user_id) else _conflict(op.key)
     if state.account(op.user_id).available < op.amount:
+        if state.leases.recall(op.user_id, state.now_ms):
+            return credit_leased(op.amount)
         return insufficient_balance(f"available balance is below the reservation of {op.amount} microcredits")
     state.change(op.user_id, held=op.amount)
     hold = state.add_hold(op.key, op.user_id, op.amount, "held")
@@ -278,6 +347,8 @@ def _settle_result(
 
 def _settle(state: BatchState, op: Op) -> Outcome:
     assert op.user_id is not None
+    if op.lease is not None:
+        return _settle_on_lease(state, op)
     entry = state.entries.get(op.key)
     hold = state.holds.get(op.key)
     if entry is not None:
@@ -309,6 +380,89 @@ def _settle(state: BatchState, op: Op) -> Outcome:
     if op.usage is not None:
         state.add_usage(op.usage, charge, op.key if new_entry is not None else None)
     return _settle_result(op.key, new_entry, op.amount, state.account(op.user_id).snapshot(), replay=False)
+
+
+def _settle_on_lease(state: BatchState, op: Op) -> Outcome:
+    """A call admitted on a lease: the charge comes out of the lease, capped by the call's share of it.
+
+    A lease already gone (expired, swept, returned) leaves the charge capped by the available balance, as a
+    settle without a hold is; either way nothing is overdrawn.
+    """
+    assert op.user_id is not None and op.lease is not None
+    entry = state.entries.get(op.key)
+    marker = state.holds.get(op.key)
+    lease = state.holds.get(op.lease)
+    live = lease is not None and lease.status == "held" and lease.user_id == op.user_id and lease.owner is not None
+    recalled = not live or op.lease in state.leases.recalled
+    if entry is not None or marker is not None:
+        same = entry is None or (entry.kind, entry.user_id, entry.requested_amount) == ("charge", op.user_id, op.amount)
+        if not same:
+            return _conflict(op.key)
+        if marker is not None and (marker.user_id != op.user_id or op.amount not in (0, marker.amount)):
+            return _conflict(op.key)
+        replayed = _settle_result(op.key, entry, op.amount, state.account(op.user_id).snapshot(), replay=True)
+        return lambda: replayed().model_copy(update={"lease_recalled": recalled})
+    cap = min(op.amount, op.lease_hold)
+    charge = 0
+    if live:
+        assert lease is not None
+        charge = max(0, min(cap, lease.amount))
+        lease.amount -= charge
+        lease.dirty = True
+        state.change(op.user_id, held=-charge)
+    # What the lease could not cover (it was gone, or spent by a replayed grant) fits the available balance.
+    charge += max(0, min(cap - charge, state.account(op.user_id).available))
+    new_entry = None
+    if charge > 0:
+        account = state.change(op.user_id, credits=-charge)
+        requested = op.amount if charge < op.amount else None
+        new_entry = state.add_entry(op, "charge", charge, account.balance, requested)
+    else:
+        state.add_hold(op.key, op.user_id, op.amount, "settled")
+    if op.usage is not None:
+        state.add_usage(op.usage, charge, op.key if new_entry is not None else None)
+    settled = _settle_result(op.key, new_entry, op.amount, state.account(op.user_id).snapshot(), replay=False)
+    return lambda: settled().model_copy(update={"lease_recalled": recalled})
+
+
+def _lease(state: BatchState, op: Op) -> Outcome:
+    """Grant a new lease, or top one up, by up to `amount`: at most a fraction of the available balance.
+
+    A grant below `minimum` is not worth a lease: nothing changes and the owner admits per call. A top-up of a
+    lease that is no longer held grants nothing; its owner starts a new lease under a new key.
+    """
+    assert op.user_id is not None and op.owner is not None
+    lease = state.holds.get(op.key)
+    if lease is not None and (lease.user_id, lease.owner) != (op.user_id, op.owner):
+        return _conflict(op.key)
+    if op.key in state.entries:
+        return _conflict(op.key)
+    account = state.account(op.user_id)
+    grant = 0
+    if lease is None or lease.status == "held":
+        offer = int(account.available * state.leases.max_fraction)
+        if not state.leases.blocked(op.user_id, state.now_ms) and op.key not in state.leases.recalled:
+            grant = min(op.amount, offer)
+        if grant < op.minimum:
+            grant = 0
+    if grant > 0:
+        state.change(op.user_id, held=grant)
+        if lease is None:
+            lease = state.add_hold(op.key, op.user_id, grant, "held", owner=op.owner)
+        else:
+            lease.amount += grant
+            lease.expires_at_ms = state.now_ms + state.hold_ttl_ms
+            lease.dirty = True
+    result = LeaseResult(
+        idempotency_key=op.key,
+        user_id=op.user_id,
+        granted_microcredits=grant,
+        amount_microcredits=lease.amount if lease is not None and lease.status == "held" else 0,
+        status=lease.status if lease is not None else "released",
+        expires_at_ms=lease.expires_at_ms if lease is not None else None,
+        balance=account.snapshot(),
+    )
+    return lambda: result
 
 
 def _release(state: BatchState, op: Op) -> Outcome:
@@ -368,6 +522,7 @@ _RULES: dict[OpKind, Callable[[BatchState, Op], Outcome]] = {
     "renew": _renew,
     "usage": _record_usage,
     "sweep": _sweep,
+    "lease": _lease,
 }
 
 

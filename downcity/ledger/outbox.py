@@ -39,6 +39,8 @@ class PendingSettle:
     note: str | None
     metadata: dict[str, Any] | None
     usage: dict[str, Any] | None
+    lease: str | None = None
+    lease_hold: int = 0
 
     async def apply(self, ledger: LedgerPort) -> SettleResult:
         """Settle it with `ledger` (idempotent under its key)."""
@@ -50,6 +52,8 @@ class PendingSettle:
             note=self.note,
             metadata=self.metadata,
             usage=self.usage,
+            lease=self.lease,
+            lease_hold=self.lease_hold,
         )
 
 
@@ -69,6 +73,8 @@ class Outbox:
             "note": pending.note,
             "metadata": pending.metadata,
             "usage": pending.usage,
+            "lease": pending.lease,
+            "lease_hold_microcredits": pending.lease_hold if pending.lease is not None else None,
             "created_at_ms": now_ms(),
         }
         async with self.db.begin() as conn:
@@ -88,6 +94,8 @@ class Outbox:
                 note=row.note,
                 metadata=row.metadata,
                 usage=row.usage,
+                lease=row.lease,
+                lease_hold=row.lease_hold_microcredits or 0,
             )
             for row in rows
         ]

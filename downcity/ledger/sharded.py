@@ -8,7 +8,7 @@ from typing import Any
 
 from downcity.errors import invalid
 from downcity.ledger.checks import check_account
-from downcity.ledger.types import Balance, HoldResult, LedgerEntry, LedgerPort, SettleResult, shard_of
+from downcity.ledger.types import Balance, HoldResult, LeaseResult, LedgerEntry, LedgerPort, SettleResult, shard_of
 
 
 class ShardedLedger:
@@ -53,10 +53,18 @@ class ShardedLedger:
         note: str | None = None,
         metadata: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
+        lease: str | None = None,
+        lease_hold: int = 0,
     ) -> SettleResult:
         """Settle on the user's shard."""
         shard = self.shard_for(user_id)
-        return await shard.settle(key, user_id, amount, ref=ref, note=note, metadata=metadata, usage=usage)
+        return await shard.settle(
+            key, user_id, amount, ref=ref, note=note, metadata=metadata, usage=usage, lease=lease, lease_hold=lease_hold
+        )
+
+    async def lease(self, key: str, user_id: str, owner: str, amount: int, minimum: int) -> LeaseResult:
+        """Grant or top up a credit lease on the user's shard."""
+        return await self.shard_for(user_id).lease(key, user_id, owner, amount, minimum)
 
     async def release(
         self, key: str, *, user_id: str | None = None, usage: dict[str, Any] | None = None

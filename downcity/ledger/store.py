@@ -41,6 +41,7 @@ def _hold_row(row: Any) -> HoldRow:
         row.created_at_ms,
         row.resolved_at_ms,
         row.expires_at_ms,
+        row.owner,
     )
 
 
@@ -110,6 +111,7 @@ def _hold_dict(hold: HoldRow) -> dict[str, Any]:
         "created_at_ms": hold.created_at_ms,
         "resolved_at_ms": hold.resolved_at_ms,
         "expires_at_ms": hold.expires_at_ms,
+        "owner": hold.owner,
     }
 
 
@@ -156,7 +158,7 @@ class BatchWrites:
             expected={user_id: (account.balance, account.held) for user_id, account in state.touched.items()},
             new_holds=[_hold_dict(hold) for hold in holds_ if hold.is_new],
             changed_holds=[
-                (hold.key, hold.status, hold.resolved_at_ms, hold.expires_at_ms)
+                (hold.key, hold.status, hold.resolved_at_ms, hold.expires_at_ms, hold.amount)
                 for hold in holds_
                 if hold.dirty and not hold.is_new
             ],

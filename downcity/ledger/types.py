@@ -7,6 +7,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from downcity.errors import DowncityHTTPError
+
 EntryKind = Literal["credit", "debit", "charge"]
 HoldStatus = Literal["held", "settled", "released"]
 
@@ -59,6 +61,20 @@ class SettleResult(_Result):
     entry: LedgerEntry | None
     requested_microcredits: int
     balance: Balance
+    # A settle on a credit lease: the lease was recalled (or is gone), so its owner stops admitting on it.
+    lease_recalled: bool = False
+
+
+class LeaseResult(_Result):
+    """A credit lease after a grant or top-up: what this op granted and what the lease now holds."""
+
+    idempotency_key: str
+    user_id: str
+    granted_microcredits: int
+    amount_microcredits: int
+    status: HoldStatus
+    expires_at_ms: int | None
+    balance: Balance
 
 
 class LedgerPort(Protocol):
@@ -84,7 +100,11 @@ class LedgerPort(Protocol):
         note: str | None = None,
         metadata: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
+        lease: str | None = None,
+        lease_hold: int = 0,
     ) -> SettleResult: ...
+
+    async def lease(self, key: str, user_id: str, owner: str, amount: int, minimum: int) -> LeaseResult: ...
 
     async def release(
         self, key: str, *, user_id: str | None = None, usage: dict[str, Any] | None = None
@@ -99,6 +119,16 @@ class LedgerPort(Protocol):
     async def history(self, user_id: str, limit: int = 50, before_id: int | None = None) -> list[LedgerEntry]: ...
 
     async def sweep_expired_holds(self, now_ms: int | None = None) -> int: ...
+
+
+CREDIT_LEASED = "credit_leased"
+
+
+def credit_leased(amount: int) -> DowncityHTTPError:
+    """A reserve refused while other credit of the account sits in leases, now recalled: retry shortly."""
+    return DowncityHTTPError(
+        402, CREDIT_LEASED, f"available balance is below the reservation of {amount} microcredits; leases recalled"
+    )
 
 
 def shard_of(user_id: str, shards: int) -> int:

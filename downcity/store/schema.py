@@ -95,6 +95,8 @@ holds = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("resolved_at_ms", BigInteger, nullable=True),
     Column("expires_at_ms", BigInteger, nullable=True),
+    # The ingress replica a credit lease belongs to (see downcity.ledger.leases); NULL for a call's own hold.
+    Column("owner", String(200), nullable=True),
     # The sweep reads only held rows past their expiry; resolved rows, the vast majority, stay out of the index.
     Index(
         "ix_holds_held_expires",
@@ -168,6 +170,9 @@ settle_outbox = Table(
     Column("note", Text, nullable=True),
     Column("metadata", JSONType, nullable=True),
     Column("usage", JSONType, nullable=True),
+    # The credit lease the call was admitted on, and its share of it (see `Ledger.settle`).
+    Column("lease", String(200), nullable=True),
+    Column("lease_hold_microcredits", BigInteger, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
 )
 

@@ -1,0 +1,199 @@
+"""Credit leases on the real local Ray cluster: two ingress replicas admitting billed calls over HTTP.
+
+A copy of the example Federation is deployed beside the session's app with two ingress replicas, once with leases
+on and once with every call on its own hold; both share the session's Ledger actor and PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.serve._private.common import ReplicaState
+from ray.serve.deployment import Deployment
+from sqlalchemy import func, select
+
+from actors.app import AppArgs
+from actors.ingress import Ingress
+from actors.ledger import get_ledger
+from actors.placement import actor_options
+from actors.providers import ProviderDeployment
+from downcity.runtime import load_federation
+from downcity.store import Database
+from downcity.store.database import now_ms
+from downcity.store.schema import balances, holds, ledger_entries
+from tests.integration.conftest import ServedApp, eventually
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+
+FEDERATION = "examples.federation:federation"
+APP = "downcity-leases"
+PREFIX = "/leases"
+REPLICAS = 2
+FLAT = 500
+COVERED = 57
+STORM = 200
+DEPLOY_DEADLINE_S = 240
+# Leases of a replica that no call used for this long are returned; tests wait on that, not on a clock.
+IDLE_S = 0.5
+# Past every hold's expiry: the session's Ledger expires holds 120 s after their last renewal.
+AFTER_EXPIRY_MS = 121_000
+
+
+@dataclass
+class LeaseApp:
+    """The two-replica app: its URL and whether its replicas take credit leases."""
+
+    url: str
+    leases: bool
+
+
+def _running_replicas() -> int:
+    status = serve.status().applications.get(APP)
+    if status is None or status.status != "RUNNING":
+        return 0
+    ingress = status.deployments.get("ingress")
+    if ingress is None or ingress.status != "HEALTHY":
+        return 0
+    return int(ingress.replica_states.get(ReplicaState.RUNNING, 0))
+
+
+def _deploy(database_url: str, data_dir: str, leases: bool) -> None:
+    args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir, leases=leases)
+    settings = {**args.settings(), "lease_idle_s": IDLE_S}
+    providers = {
+        provider_id: cast(Deployment, ProviderDeployment)
+        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
+        .bind(FEDERATION, provider_id, settings)
+        for provider_id in load_federation(FEDERATION).providers
+    }
+    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=REPLICAS)
+    serve.run(ingress.bind(FEDERATION, settings, providers, args.control_resources), name=APP, route_prefix=PREFIX)
+    ends = time.monotonic() + DEPLOY_DEADLINE_S
+    while _running_replicas() != REPLICAS:
+        assert time.monotonic() < ends, f"{APP} never ran {REPLICAS} ingress replicas: {serve.status()}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["leases", "per-call-holds"])
+def lease_app(
+    request: pytest.FixtureRequest, served: ServedApp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LeaseApp]:
+    leases = bool(request.param)
+    _deploy(served.database_url, str(tmp_path_factory.mktemp("leases")), leases)
+    yield LeaseApp(served.url + PREFIX, leases)
+    serve.delete(APP)
+
+
+async def _account(db: Database, account: str) -> tuple[int, int]:
+    query = select(balances.c.credits_microcredits, balances.c.held_microcredits).where(balances.c.user_id == account)
+    async with db.connect() as conn:
+        row = (await conn.execute(query)).one()
+    return int(row[0]), int(row[1])
+
+
+async def _charged(db: Database, account: str) -> tuple[int, int]:
+    query = select(func.count(), func.coalesce(func.sum(ledger_entries.c.amount_microcredits), 0)).where(
+        ledger_entries.c.user_id == account, ledger_entries.c.kind == "charge"
+    )
+    async with db.connect() as conn:
+        row = (await conn.execute(query)).one()
+    return int(row[0]), int(row[1])
+
+
+async def _leases(db: Database, account: str) -> list[Any]:
+    query = select(holds).where(holds.c.user_id == account, holds.c.owner.is_not(None))
+    async with db.connect() as conn:
+        return list((await conn.execute(query)).all())
+
+
+async def _text(client: httpx.AsyncClient, url: str, token: str) -> httpx.Response:
+    body = {"model": "deepseek-flat", "prompt": "hello"}
+    return await client.post(f"{url}/v1/ai/text", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+async def test_200_concurrent_calls_against_a_balance_for_57_sell_exactly_57(
+    lease_app: LeaseApp, served: ServedApp
+) -> None:
+    city_id, user_id, token = await served.new_user(credit=COVERED * FLAT)
+    account = f"{city_id}/{user_id}"
+    db = Database(served.database_url)
+    try:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=STORM)) as client:
+            answers = await asyncio.gather(*(_text(client, lease_app.url, token) for _ in range(STORM)))
+        statuses = Counter(answer.status_code for answer in answers)
+        refusals = {answer.json()["error"]["type"] for answer in answers if answer.status_code != 200}
+        assert (statuses, refusals) == (Counter({200: COVERED, 402: STORM - COVERED}), {"insufficient_balance"})
+        # Leases are returned once idle: then nothing is held and every credit was spent exactly once.
+        assert await eventually(lambda: _account(db, account), lambda state: state[1] == 0) == (0, 0)
+        assert await _charged(db, account) == (COVERED, COVERED * FLAT)
+        leases = await _leases(db, account)
+        assert {lease.status for lease in leases} == ({"released"} if lease_app.leases else set())
+        assert bool(leases) is lease_app.leases
+    finally:
+        await db.dispose()
+
+
+async def test_a_balance_too_small_for_a_lease_is_admitted_call_by_call(lease_app: LeaseApp, served: ServedApp) -> None:
+    city_id, user_id, token = await served.new_user(credit=3 * FLAT)
+    account = f"{city_id}/{user_id}"
+    db = Database(served.database_url)
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            statuses = [(await _text(client, lease_app.url, token)).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 402, 402]
+        assert await _account(db, account) == (0, 0)
+        assert await _leases(db, account) == []
+        query = select(func.count()).where(holds.c.user_id == account, holds.c.status == "settled")
+        async with db.connect() as conn:
+            assert (await conn.execute(query)).scalar_one() == 3
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.parametrize("lease_app", [True], ids=["leases"], indirect=True)
+async def test_a_killed_replicas_leases_expire_and_leave_the_balance_exact(
+    lease_app: LeaseApp, served: ServedApp
+) -> None:
+    credit = 1_000 * FLAT
+    city_id, user_id, token = await served.new_user(credit=credit)
+    account = f"{city_id}/{user_id}"
+    db = Database(served.database_url)
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            held_by: set[str] = set()
+            answered = 0
+            async with asyncio.timeout(120):
+                # Calls are spread by HAProxy; keep calling until both replicas hold a lease at once.
+                while len(held_by) < REPLICAS:
+                    answers = await asyncio.gather(*(_text(client, lease_app.url, token) for _ in range(16)))
+                    assert {answer.status_code for answer in answers} == {200}
+                    answered += len(answers)
+                    held_by = {lease.owner for lease in await _leases(db, account) if lease.status == "held"}
+        victim = sorted(held_by)[0]
+        ray.kill(ray.get_actor(f"SERVE_REPLICA::{victim}", namespace="serve"), no_restart=True)
+
+        def only_the_victims_leases_are_held(leases: list[Any]) -> bool:
+            return {lease.owner for lease in leases if lease.status == "held"} == {victim}
+
+        leases = await eventually(lambda: _leases(db, account), only_the_victims_leases_are_held)
+        stranded = sum(lease.amount_microcredits for lease in leases if lease.status == "held")
+        charged = await _charged(db, account)
+        assert charged == (answered, answered * FLAT)
+        assert await _account(db, account) == (credit - answered * FLAT, stranded)
+        # The sweep at a time past the leases' expiry: what the Ledger's own sweeper does two minutes on.
+        ledger = get_ledger(served.database_url)
+        await ledger.sweep_expired_holds(now_ms() + AFTER_EXPIRY_MS)
+        assert await _account(db, account) == (credit - answered * FLAT, 0)
+        assert {lease.status for lease in await _leases(db, account)} == {"released"}
+        assert await _charged(db, account) == charged
+    finally:
+        await db.dispose()
