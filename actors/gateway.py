@@ -19,9 +19,13 @@ def unwrap(error: BaseException) -> BaseException:
     """The DowncityHTTPError a replica raised, instead of Ray's wrapper around it."""
     if isinstance(error, RayTaskError) and isinstance(error.cause, DowncityHTTPError):
         cause = error.cause
-        return DowncityHTTPError(cause.status, cause.type, cause.message, cause.field, cause.detail)
+        return DowncityHTTPError(
+            cause.status, cause.type, cause.message, cause.field, headers=cause.headers, detail=cause.detail
+        )
     if isinstance(error, DowncityHTTPError):
-        return DowncityHTTPError(error.status, error.type, error.message, error.field, error.detail)
+        return DowncityHTTPError(
+            error.status, error.type, error.message, error.field, headers=error.headers, detail=error.detail
+        )
     return DowncityHTTPError(502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}")
 
 

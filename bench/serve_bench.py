@@ -209,9 +209,7 @@ def seed(url: str) -> str:
 # --- issue 16: the text path with retries configured (and no faults) against the same path without ---------
 
 
-def compare_retries(
-    args: argparse.Namespace, url: str, user: dict[str, str], database_url: str, data_dir: str
-) -> None:
+def compare_retries(args: argparse.Namespace, url: str, user: dict[str, str], database_url: str, data_dir: str) -> None:
     """Deploy the demo catalog with retries as a second app and print both text paths' req/s and their ratio.
 
     Both apps share the database, Ledger and upstream; the rounds interleave the two, as `main` does.
@@ -232,6 +230,8 @@ def compare_retries(
     for r in (plain, retried):
         print(f"{r.name:36} {r.rps:9.0f} req/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms  non-2xx {r.failed}")
     print(f"text path with retries vs without: {retried.rps / plain.rps:.1%} of the req/s (target >= 97%)")
+
+
 # --- quotas on and off (issue #15): the text path of a user bound by a quota, against one bound by none --------
 
 QUOTA_TEXT = "quotas on /v1/ai/text"

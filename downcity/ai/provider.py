@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from downcity.ai.hooks import HookHost, Hooks
-from downcity.ai.resilience import NO_RETRY, Breaker, ErrorMatch, Retry, Timeouts, error_match
 from downcity.ai.pricing import Price, price_from
+from downcity.ai.resilience import NO_RETRY, Breaker, ErrorMatch, Retry, Timeouts, error_match
 from downcity.errors import DowncityHTTPError
 from downcity.types import ActionResult, ChargeDraft, ImageJobResult, UIMessage
 
@@ -146,6 +146,8 @@ class ModelConfig(HookHost):
     def timeout_policy(self) -> Timeouts:
         """The model's timeouts over its provider's."""
         return (self.timeouts or Timeouts()).over(self.provider.timeouts)
+
+    @property
     def effective_price(self) -> Price | None:
         """The model's price, else its provider's default price; None when neither charges anything."""
         price = self.price if self.price is not None else self.provider.price
