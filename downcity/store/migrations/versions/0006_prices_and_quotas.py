@@ -1,7 +1,7 @@
 """usage rows keep per-class token counts and costs; quotas stored per city and their durable windows
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 
 `cache_write_tokens` and one `<class>_picocredits` column per price class (exact costs in 10^-6 microcredit)
 join `usage_records`; `quotas` holds the admin-set quotas of each city, `quota_windows` what each budget used in
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
