@@ -135,8 +135,7 @@ async def set_key(request: Request, console: ConsoleDep) -> HTMLResponse:
         entry = await env_routes.set_env(body, console.runtime, None)
         return {"notice": f"{entry['key']} stored ({entry['preview']})."}
 
-    response = await _act(request, console, "keys.html", "/console/keys", work, _keys(console))
-    return response
+    return await _act(request, console, "keys.html", "/console/keys", work, _keys(console))
 
 
 @router.post("/keys/remove", response_class=HTMLResponse)
