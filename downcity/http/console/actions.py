@@ -18,7 +18,7 @@ from downcity.http.routes import cities as city_routes
 from downcity.http.routes import env as env_routes
 from downcity.http.routes import tokens as token_routes
 
-router = APIRouter(prefix="/console")
+router = APIRouter(prefix="/console", include_in_schema=False)
 
 Loader = Callable[[Form], Awaitable[dict[str, Any]]]
 

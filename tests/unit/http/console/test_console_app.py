@@ -11,12 +11,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
+from downcity.http.console import actions, auth, pages
 from downcity.http.console.session import SESSION_COOKIE, SessionSigner
 from downcity.secrets import MasterKey
 from downcity.store.schema import usage_records
 from tests.conftest import TEST_ADMIN_KEY
 from tests.unit.http.fakes import CITY_ID, App
+from tests.unit.http.test_routes_async import _sync_calls
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -159,3 +162,11 @@ async def test_the_csv_export_quotes_cells_and_defuses_formulas(app: App, browse
     lines = exported.text.splitlines()
     assert len(lines) == 2
     assert lines[1].startswith(f'1,r1,{CITY_ID},"\'=HYPERLINK(1,2)",text,')
+
+
+def test_console_routes_stay_out_of_the_api_schema_and_off_the_thread_pool(app: App) -> None:
+    routers = (pages.router, actions.router, auth.router)
+    console = [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
+    assert len(console) > 15
+    assert not [path for path in app.app.openapi()["paths"] if path.startswith("/console")]
+    assert {route.path: _sync_calls(route.dependant) for route in console if _sync_calls(route.dependant)} == {}
