@@ -18,7 +18,7 @@ from downcity.http.routes import cities as city_routes
 from downcity.http.routes import env as env_routes
 from downcity.http.routes import tokens as token_routes
 
-router = APIRouter(prefix="/console")
+router = APIRouter(prefix="/console", include_in_schema=False)
 
 Loader = Callable[[Form], Awaitable[dict[str, Any]]]
 
@@ -135,8 +135,7 @@ async def set_key(request: Request, console: ConsoleDep) -> HTMLResponse:
         entry = await env_routes.set_env(body, console.runtime, None)
         return {"notice": f"{entry['key']} stored ({entry['preview']})."}
 
-    response = await _act(request, console, "keys.html", "/console/keys", work, _keys(console))
-    return response
+    return await _act(request, console, "keys.html", "/console/keys", work, _keys(console))
 
 
 @router.post("/keys/remove", response_class=HTMLResponse)

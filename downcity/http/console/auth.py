@@ -15,7 +15,7 @@ from downcity.http.console.session import (
     SessionSigner,
 )
 
-router = APIRouter(prefix="/console")
+router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 def _secure(request: Request) -> bool:

@@ -25,7 +25,7 @@ from downcity.ledger.usage import Bucket, SeriesBy, UsageFilter, UsageStatus, li
 from downcity.runtime import Runtime
 from downcity.store.database import now_ms
 
-router = APIRouter(prefix="/console")
+router = APIRouter(prefix="/console", include_in_schema=False)
 
 SystemProbe = Callable[[], Awaitable[dict[str, Any]]]
 """What `downcity status --json` prints about the cluster this app runs on."""

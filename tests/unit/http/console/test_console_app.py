@@ -11,25 +11,32 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
+from downcity.http.console import actions, auth, pages
 from downcity.http.console.session import SESSION_COOKIE, SessionSigner
 from downcity.secrets import MasterKey
 from downcity.store.schema import usage_records
 from tests.conftest import TEST_ADMIN_KEY
 from tests.unit.http.fakes import CITY_ID, App
+from tests.unit.http.test_routes_async import _sync_calls
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+async def sign_in(http: httpx.AsyncClient) -> None:
+    form = await http.get("/console/sign-in")
+    token = CSRF.search(form.text)
+    assert token is not None
+    signed_in = await http.post("/console/sign-in", data={"csrf": token.group(1), "admin_key": TEST_ADMIN_KEY})
+    assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/console")
 
 
 @pytest.fixture
 async def browser(app: App) -> AsyncIterator[httpx.AsyncClient]:
     """A client that keeps cookies, like a browser, signed in through the form."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://downcity.test") as http:
-        form = await http.get("/console/sign-in")
-        token = CSRF.search(form.text)
-        assert token is not None
-        signed_in = await http.post("/console/sign-in", data={"csrf": token.group(1), "admin_key": TEST_ADMIN_KEY})
-        assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/console")
+        await sign_in(http)
         yield http
 
 
@@ -83,13 +90,14 @@ async def test_a_form_without_the_sessions_csrf_token_changes_nothing(app: App, 
     assert "nocsrf" not in {city.city_id for city in await app.runtime.cities.list()}
 
 
-async def test_the_admin_key_reaches_no_response_and_no_log(
-    app: App, browser: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_the_admin_key_reaches_no_response_and_no_log(app: App, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    pages = [await browser.get(f"/console{path}") for path in ("", "/cities", "/keys", "/system", "/usage")]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://downcity.test") as http:
+        await sign_in(http)
+        pages = [await http.get(f"/console{path}") for path in ("", "/cities", "/keys", "/system", "/usage")]
     assert [page.status_code for page in pages] == [200] * 5
     assert all(TEST_ADMIN_KEY not in page.text for page in pages)
+    assert caplog.records
     assert TEST_ADMIN_KEY not in caplog.text
 
 
@@ -154,3 +162,11 @@ async def test_the_csv_export_quotes_cells_and_defuses_formulas(app: App, browse
     lines = exported.text.splitlines()
     assert len(lines) == 2
     assert lines[1].startswith(f'1,r1,{CITY_ID},"\'=HYPERLINK(1,2)",text,')
+
+
+def test_console_routes_stay_out_of_the_api_schema_and_off_the_thread_pool(app: App) -> None:
+    routers = (pages.router, actions.router, auth.router)
+    console = [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
+    assert len(console) > 15
+    assert not [path for path in app.app.openapi()["paths"] if path.startswith("/console")]
+    assert {route.path: _sync_calls(route.dependant) for route in console if _sync_calls(route.dependant)} == {}
