@@ -105,7 +105,7 @@ def wrk(url: str, body: Mapping[str, object], headers: dict[str, str], connectio
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", script.name, url],
         capture_output=True,
         text=True,
         check=True,
