@@ -21,18 +21,18 @@ import shutil
 import sys
 from typing import Any
 
-from actors.serving import apply_throughput_mode, free_port
+from actors.serving import free_port
 
-apply_throughput_mode()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Imported first: it puts Serve's throughput mode, on ports of this run's own, into the environment.
+from serve_bench import Run, wrk
 
-import aiohttp  # noqa: E402
-import httpx  # noqa: E402
-import ray  # noqa: E402
-from fastapi import FastAPI, Request  # noqa: E402
-from ray import serve  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(__file__))
-from serve_bench import Run, wrk  # noqa: E402
+# isort: split
+import aiohttp
+import httpx
+import ray
+from fastapi import FastAPI, Request
+from ray import serve
 
 BODY = {"model": "demo-chat", "messages": [{"role": "user", "content": "hello bench"}]}
 ANSWER = {"id": "chatcmpl-1", "choices": [{"message": {"role": "assistant", "content": "hello"}}]}
@@ -92,7 +92,7 @@ class Caller:
         host, port = await self._endpoint()
         body = await request.body()
         headers = {"content-type": "application/json"}
-        async with self._session.post(f"http://{host}:{port}/", data=body, headers=headers) as answer:
+        async with self._session.post(f"http://{host}:{port}/echo/", data=body, headers=headers) as answer:
             return await answer.json()
 
 

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 from actors.serving import apply_throughput_mode, free_port
 
-apply_throughput_mode()
+# Serve's internal ports (HAProxy stats, direct-ingress ports) from a base of this run's own, so the bench never
+# meets another cluster on this machine (a `downcity up` or a test session) on Serve's defaults.
+apply_throughput_mode(port_base=int(os.environ.get("BENCH_PORT_BASE", 20_000 + (os.getpid() % 20) * 600)))
 os.environ.setdefault("DOWNCITY_ADMIN_KEY", "bench-admin-key")
 os.environ.setdefault("DOWNCITY_MASTER_KEY", "YmVuY2gtbWFzdGVyLWtleS0zMi1ieXRlcy1sb25nISE=")
 
@@ -105,7 +107,7 @@ def wrk(url: str, body: Mapping[str, object], headers: dict[str, str], connectio
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", script.name, url],
         capture_output=True,
         text=True,
         check=True,
