@@ -116,7 +116,7 @@ def deploy(database_url: str, data_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def app(served: ServedApp, blackhole: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Resilient]:
+async def app(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Resilient]:
     for key, value in (("POOL_A_KEY", REFUSED_KEY), ("POOL_B_KEY", GOOD_KEY)):
         stored = await served.admin.post("/v1/env/set", json={"key": key, "value": value})
         assert stored.status_code == 200, stored.text
