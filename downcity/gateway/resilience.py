@@ -234,8 +234,8 @@ class Deadline:
             return upstream_timeout(
                 f"the upstream sent no first byte within {self.first_byte_s:g} s (first_byte timeout)", "first_byte"
             )
-        whose = "the caller's " if self.callers else ""
-        return upstream_timeout(f"the call ran past {whose}{self.total_s:g} s (total timeout)", "total")
+        limit = "the caller's timeout" if self.callers else f"{self.total_s:g} s"
+        return upstream_timeout(f"the call ran past {limit} (total timeout)", "total")
 
 
 @dataclass

@@ -116,7 +116,7 @@ def deploy(database_url: str, data_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def app(served: ServedApp, blackhole: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Resilient]:
+async def app(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Resilient]:
     for key, value in (("POOL_A_KEY", REFUSED_KEY), ("POOL_B_KEY", GOOD_KEY)):
         stored = await served.admin.post("/v1/env/set", json={"key": key, "value": value})
         assert stored.status_code == 200, stored.text
@@ -284,7 +284,7 @@ async def test_a_caller_shortens_the_total_timeout_with_a_header(app: Resilient)
         )
     error = reply.json()["error"]
     assert (reply.status_code, error["type"]) == (504, "upstream_timeout")
-    assert error["message"] == "the call ran past the caller's 0.5 s (total timeout)"
+    assert error["message"] == "the call ran past the caller's timeout (total timeout)"
 
 
 async def test_the_total_timeout_ends_a_stream_with_an_error_event(app: Resilient) -> None:
@@ -297,7 +297,7 @@ async def test_the_total_timeout_ends_a_stream_with_an_error_event(app: Resilien
     events = ui_events(reply.text)
     assert events[-1] == {
         "type": "error",
-        "errorText": "upstream_timeout: the call ran past the caller's 1 s (total timeout)",
+        "errorText": "upstream_timeout: the call ran past the caller's timeout (total timeout)",
     }
 
 
