@@ -120,3 +120,14 @@ def test_a_finished_job_is_one_usage_row_keyed_by_its_charge(job: JobRecord, row
         "provider_id": "img",
         **row,
     }
+
+
+def test_a_job_bills_and_fetches_as_its_owner_with_the_token_metadata_stored_at_creation() -> None:
+    with_metadata = replace(JOB, state={**JOB.state, "user_metadata": {"plan": "pro"}})
+
+    assert (with_metadata.user_info().user_id, with_metadata.user_info().metadata) == ("alice", {"plan": "pro"})
+    assert JOB.user_info().metadata == {}
+
+
+def test_a_job_finished_the_moment_it_was_created_lasted_0_ms() -> None:
+    assert replace(JOB, status="succeeded", finished_at_ms=1_000).usage_row()["duration_ms"] == 0

@@ -417,3 +417,17 @@ async def test_a_pending_jobs_hold_is_renewed_before_its_first_poll(jobs: Jobs) 
 
     assert renewed > reserved
     assert await jobs.store.get(created.job_id) is not None and len(await jobs.polls(created)) == 0
+
+
+async def test_a_create_key_reused_with_another_prompt_is_a_409_naming_the_key(jobs: Jobs) -> None:
+    first = await jobs.create("a cat [[polls:0]]", key="reused")
+
+    with pytest.raises(DowncityHTTPError) as refused:
+        await jobs.create("a dog [[polls:0]]", key="reused")
+
+    assert (refused.value.status, refused.value.type, refused.value.message) == (
+        409,
+        "idempotency_conflict",
+        "Idempotency-Key was already used for a different request",
+    )
+    assert (await jobs.store.get(first.job_id)) == first

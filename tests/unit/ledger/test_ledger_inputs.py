@@ -129,3 +129,18 @@ async def test_history_keeps_a_charges_ref_note_and_metadata(ledger: Ledger) -> 
         {"model": "pic"},
     )
     assert (credit.kind, credit.ref, credit.note, credit.metadata) == ("credit", None, None, None)
+
+
+async def test_history_and_renew_accept_their_bounds(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    await ledger.credit("top-up-2", "alice", 1_000)
+    await ledger.reserve("call-1", "alice", 100)
+
+    assert [e.idempotency_key for e in await ledger.history("alice", limit=1)] == ["top-up-2"]
+    assert await ledger.renew(["call-1"] + [f"other-{i}" for i in range(9_999)], "alice") == ["call-1"]
+
+
+async def test_release_refuses_an_empty_key_naming_it(ledger: Ledger) -> None:
+    refusal = await _refusal(ledger.release("", user_id="alice"))
+
+    assert refusal == (422, "invalid_request", "idempotency_key must be a non-empty string", "idempotency_key")
