@@ -33,6 +33,7 @@ class Model(_Result):
     default_for: list[str] = Field(default_factory=list)
     # Microcredits per million tokens of each class, and per request, image and second; None when free.
     price: dict[str, int] | None = None
+    max_output_tokens: int | None = None
 
 
 class Balance(_Result):

@@ -1,17 +1,15 @@
 """Quotas on the real local Ray cluster, over HTTP, with two ingress replicas admitting through one Quota actor.
 
-A second app serves `tests.integration.quota_federation` beside the session's app (sharing its PostgreSQL
-database and provider key): exactly `rpm` calls of a plan pass a storm of concurrent calls and the rest get 429
-with OpenAI's headers; the next window (the Quota actor's clock moved a minute on) admits again; a TPM claim is
-trued up to the tokens used; a daily credit budget stops at exactly the budget; one city's limits never touch
-another's.
+An app of its own serves `tests.integration.quota_federation` (on its own PostgreSQL database): exactly `rpm`
+calls of a plan pass a storm of concurrent calls and the rest get 429 with OpenAI's headers; the next window (the
+Quota actor's clock moved a minute on) admits again; a TPM claim is trued up to the tokens used; a daily credit
+budget stops at exactly the budget; one city's limits never touch another's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httpx
@@ -27,11 +25,13 @@ from actors.placement import actor_options
 from actors.providers import ProviderDeployment
 from actors.quotas import QUOTA_ACTOR_NAME
 from actors.serving import RAY_NAMESPACE
-from downcity.runtime import load_federation
+from downcity.runtime import bootstrap, load_federation
+from downcity.settings import Settings
+from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
 from tests.integration.conftest import ServedApp, eventually
 from tests.integration.quota_federation import DAILY_CALLS, PER_REQUEST, RPM, TPM
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 FEDERATION = "tests.integration.quota_federation:federation"
 APP = "downcity-quotas"
@@ -64,13 +64,32 @@ def running_ingress_replicas() -> int:
 
 
 @pytest.fixture(scope="module")
-def quota_url(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    deploy(served.database_url, str(tmp_path_factory.mktemp("quotas")))
-    ends = time.monotonic() + DEPLOY_DEADLINE_S
-    while running_ingress_replicas() != INGRESS_REPLICAS:
-        assert time.monotonic() < ends, f"{APP} never ran {INGRESS_REPLICAS} ingress replicas: {serve.status()}"
-        time.sleep(0.2)
-    yield served.url + PREFIX
+async def quota_app(
+    ray_cluster: float,
+    serve_port: int,
+    database_factory: DatabaseFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[ServedApp]:
+    """The quota app on a database of its own, deployed with a deadline that allows for a loaded machine."""
+    database_url = await database_factory.url("postgresql")
+    data_dir = str(tmp_path_factory.mktemp("quotas"))
+    await bootstrap(Settings.with_env_secrets(AppArgs(federation=FEDERATION, database_url=database_url).settings()))
+    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+    await asyncio.to_thread(deploy, database_url, data_dir)
+    async with asyncio.timeout(DEPLOY_DEADLINE_S):
+        while running_ingress_replicas() != INGRESS_REPLICAS:  # noqa: ASYNC110 - Serve reports no event for it
+            await asyncio.sleep(0.2)
+    url = f"http://127.0.0.1:{serve_port}{PREFIX}"
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=60
+    ) as admin:
+        stored = await admin.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-quota-test-123456"})
+        assert stored.status_code == 200, stored.text
+        app = ServedApp(url=url, database_url=database_url, admin=admin)
+        _, _, token = await app.new_user(credit=CREDIT)
+        # Provider replicas read a new key within a second or so: a call without a quota tells when.
+        await eventually(lambda: storm(url, token, 1), lambda replies: replies[0].status_code == 200, 60)
+        yield app
     serve.delete(APP)
 
 
@@ -94,17 +113,15 @@ async def advance_quota_clock(ms: int) -> None:
 
 
 async def consumption(served: ServedApp, city_id: str, metric: str) -> int:
-    listed = await served.admin.get(f"{PREFIX}/v1/quotas/list", params={"city_id": city_id})
+    listed = await served.admin.get("/v1/quotas/list", params={"city_id": city_id})
     assert listed.status_code == 200, listed.text
     return sum(int(use["used"]) for use in listed.json()["consumption"] if use["metric"] == metric)
 
 
-async def test_rpm_admits_exactly_its_limit_across_replicas_then_the_next_window(
-    served: ServedApp, quota_url: str
-) -> None:
-    _, _, token = await user(served, "starter")
+async def test_rpm_admits_exactly_its_limit_across_replicas_then_the_next_window(quota_app: ServedApp) -> None:
+    _, _, token = await user(quota_app, "starter")
 
-    replies = await storm(quota_url, token, 100)
+    replies = await storm(quota_app.url, token, 100)
 
     statuses = [reply.status_code for reply in replies]
     assert (statuses.count(200), statuses.count(429)) == (RPM, 100 - RPM)
@@ -118,49 +135,47 @@ async def test_rpm_admits_exactly_its_limit_across_replicas_then_the_next_window
     )
 
     await advance_quota_clock(60_000)
-    (again,) = await storm(quota_url, token, 1)
+    (again,) = await storm(quota_app.url, token, 1)
     assert (again.status_code, again.headers["x-ratelimit-remaining-requests"]) == (200, str(RPM - 1))
 
 
-async def test_one_citys_limits_never_touch_another(served: ServedApp, quota_url: str) -> None:
-    _, _, first = await user(served, "starter")
-    _, _, second = await user(served, "starter")
+async def test_one_citys_limits_never_touch_another(quota_app: ServedApp) -> None:
+    _, _, first = await user(quota_app, "starter")
+    _, _, second = await user(quota_app, "starter")
 
-    both = await asyncio.gather(storm(quota_url, first, 40), storm(quota_url, second, 40))
+    both = await asyncio.gather(storm(quota_app.url, first, 40), storm(quota_app.url, second, 40))
 
     assert [[reply.status_code for reply in replies].count(200) for replies in both] == [RPM, RPM]
 
 
 async def test_a_daily_credit_budget_stops_at_exactly_the_budget_under_200_concurrent_calls(
-    served: ServedApp, quota_url: str
+    quota_app: ServedApp,
 ) -> None:
-    city_id, user_id, token = await user(served, "daily")
+    city_id, user_id, token = await user(quota_app, "daily")
 
-    replies = await storm(quota_url, token, 200)
+    replies = await storm(quota_app.url, token, 200)
 
     statuses = [reply.status_code for reply in replies]
     assert (statuses.count(200), statuses.count(402)) == (DAILY_CALLS, 200 - DAILY_CALLS)
     assert {reply.json()["error"]["type"] for reply in replies if reply.status_code == 402} == {"budget_exceeded"}
-    balance = await served.admin.get("/v1/balance/get", params={"city_id": city_id, "user_id": user_id})
+    balance = await quota_app.admin.get("/v1/balance/get", params={"city_id": city_id, "user_id": user_id})
     assert balance.json()["balance"] == CREDIT - DAILY_CALLS * PER_REQUEST
     spent = await eventually(
-        lambda: consumption(served, city_id, "credits_day"), lambda used: used == DAILY_CALLS * PER_REQUEST
+        lambda: consumption(quota_app, city_id, "credits_day"), lambda used: used == DAILY_CALLS * PER_REQUEST
     )
     assert spent == DAILY_CALLS * PER_REQUEST
 
 
-async def test_tpm_reserves_the_estimate_and_the_true_up_refunds_what_was_not_used(
-    served: ServedApp, quota_url: str
-) -> None:
-    city_id, _, token = await user(served, "tpm")
+async def test_tpm_reserves_the_estimate_and_the_true_up_refunds_what_was_not_used(quota_app: ServedApp) -> None:
+    city_id, _, token = await user(quota_app, "tpm")
     # max_tokens near the limit: a second call fits only once the first one's unused estimate is refunded.
     max_tokens = TPM - 100
 
-    (first,) = await storm(quota_url, token, 1, max_tokens=max_tokens)
+    (first,) = await storm(quota_app.url, token, 1, max_tokens=max_tokens)
 
     assert first.status_code == 200, first.text
     usage = first.json()["metadata"]["usage"]
     used = usage["input_tokens"] + usage["output_tokens"]
-    assert await eventually(lambda: consumption(served, city_id, "tokens"), lambda tokens: tokens == used) == used
-    (second,) = await storm(quota_url, token, 1, max_tokens=max_tokens)
+    assert await eventually(lambda: consumption(quota_app, city_id, "tokens"), lambda tokens: tokens == used) == used
+    (second,) = await storm(quota_app.url, token, 1, max_tokens=max_tokens)
     assert second.status_code == 200, second.text
