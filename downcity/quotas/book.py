@@ -3,8 +3,10 @@
 Each budget's use in one window is one `quota_windows` row. Admission adds a call's claims to their rows with
 ``UPDATE … SET used = used + n WHERE used + n <= limit``: the database applies it atomically, so however many
 ingress replicas admit at once, a window never holds more than its limit (the Ledger's guarded-delta rule). A
-call's claims are taken in one transaction, all or none; the book serializes its transactions (one book per
-process: the Quota actor, or the in-process runtime), which keeps SQLite single-writer and row locks in one order.
+call's claims are taken all or none (a refused call's claims are given back in the same transaction). The book
+group-commits: every admission, true-up and refund that arrives while a transaction is in flight goes into the
+next one, in arrival order, and none is answered before its transaction commits. One book per process (the Quota
+actor, or the in-process runtime) runs one transaction at a time, which keeps SQLite single-writer.
 
 Settling trues a call's token and credit claims up to what it used, refunding unused estimate (or adding what
 it used beyond it); a call that never ran gets everything back. Windows are judged by the book's `Clock`, one
@@ -14,9 +16,9 @@ clock for every replica, which tests and drills may move.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -108,32 +110,44 @@ class QuotaPort(Protocol):
     async def consumption(self, city_id: str) -> list[dict[str, int | str]]: ...
 
 
+# One piece of a group commit: it runs inside the batch's transaction, at the batch's time.
+_Work = Callable[[AsyncConnection, int], Awaitable[Any]]
+
+
 class QuotaBook:
     """Quota windows over one database."""
 
     def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
         self.clock = clock or Clock()
-        self._lock = asyncio.Lock()
+        self._queue: list[tuple[_Work, asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def admit(self, city_id: str, claims: Sequence[Claim]) -> Decision:
         """Take every claim from its budget's current window, or none of them when one does not fit."""
         if not claims:
             return Decision()
-        async with self._lock:
-            now = self.clock.now_ms()
-            standings: dict[Metric, Standing] = {}
-            taken: list[Taken] = []
-            try:
-                async with self.db.begin() as conn:
-                    for claim in sorted(claims, key=lambda c: (c.bucket, c.metric)):
-                        start, end = window_of(claim.metric, now)
-                        used = await self._take(conn, city_id, claim, start, end, now)
-                        _tightest(standings, Standing(claim.metric, claim.limit, max(claim.limit - used, 0), end - now))
-                        taken.append(Taken(claim.bucket, claim.metric, start, claim.amount))
-            except _Refused as refused:
-                _tightest(standings, refused.standing)
-                return Decision(standings=standings, refused=refused.standing.metric)
+        ordered = sorted(claims, key=lambda c: (c.bucket, c.metric))
+
+        async def work(conn: AsyncConnection, now: int) -> Decision:
+            return await self._admit(conn, city_id, ordered, now)
+
+        decision: Decision = await self._commit(work)
+        return decision
+
+    async def _admit(self, conn: AsyncConnection, city_id: str, claims: list[Claim], now: int) -> Decision:
+        standings: dict[Metric, Standing] = {}
+        taken: list[Taken] = []
+        try:
+            for claim in claims:
+                start, end = window_of(claim.metric, now)
+                used = await self._take(conn, city_id, claim, start, end, now)
+                _tightest(standings, Standing(claim.metric, claim.limit, max(claim.limit - used, 0), end - now))
+                taken.append(Taken(claim.bucket, claim.metric, start, claim.amount))
+        except _Refused as refused:
+            await _apply(conn, [(claim, -claim.amount) for claim in taken])
+            _tightest(standings, refused.standing)
+            return Decision(standings=standings, refused=refused.standing.metric)
         return Decision(tuple(taken), standings)
 
     async def _take(self, conn: AsyncConnection, city_id: str, claim: Claim, start: int, end: int, now: int) -> int:
@@ -165,18 +179,46 @@ class QuotaBook:
         await self._move([(claim, -claim.amount) for claim in taken])
 
     async def _move(self, deltas: list[tuple[Taken, int]]) -> None:
-        moves = sorted(((claim, delta) for claim, delta in deltas if delta), key=lambda m: (m[0].bucket, m[0].metric))
+        moves = [(claim, delta) for claim, delta in deltas if delta]
         if not moves:
             return
-        columns = quota_windows.c
-        async with self._lock, self.db.begin() as conn:
-            for claim, delta in moves:
-                key = and_(
-                    columns.bucket == claim.bucket,
-                    columns.metric == claim.metric,
-                    columns.window_start_ms == claim.window_start_ms,
-                )
-                await conn.execute(update(quota_windows).where(key).values(used=columns.used + delta))
+
+        async def work(conn: AsyncConnection, now: int) -> None:
+            await _apply(conn, moves)
+
+        await self._commit(work)
+
+    async def _commit(self, work: _Work) -> Any:
+        """Run `work` in the next group transaction; its result once that transaction has committed."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, done))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_all())
+        return await done
+
+    async def _commit_all(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._commit_batch(batch)
+        finally:
+            self._committer = None
+
+    async def _commit_batch(self, batch: list[tuple[_Work, asyncio.Future[Any]]]) -> None:
+        results: list[Any] = []
+        try:
+            async with self.db.begin() as conn:
+                now = self.clock.now_ms()
+                for work, _ in batch:
+                    results.append(await work(conn, now))
+        except Exception as failed:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(failed)
+            return
+        for (_, done), result in zip(batch, results, strict=True):
+            if not done.done():
+                done.set_result(result)
 
     async def consumption(self, city_id: str) -> list[dict[str, int | str]]:
         """The city's budgets in their current windows: bucket, metric, used and the window's bounds."""
@@ -198,3 +240,15 @@ class QuotaBook:
     async def freeze_clock(self, at_ms: int | None) -> None:
         """`Clock.freeze`."""
         self.clock.freeze(at_ms)
+
+
+async def _apply(conn: AsyncConnection, deltas: Sequence[tuple[Taken, int]]) -> None:
+    """Move window rows by `deltas`, in one order (bucket, metric)."""
+    columns = quota_windows.c
+    for claim, delta in sorted(deltas, key=lambda move: (move[0].bucket, move[0].metric)):
+        key = and_(
+            columns.bucket == claim.bucket,
+            columns.metric == claim.metric,
+            columns.window_start_ms == claim.window_start_ms,
+        )
+        await conn.execute(update(quota_windows).where(key).values(used=columns.used + delta))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import event
 
 from downcity.quotas import Claim, Clock, Quota, QuotaBook, bucket_of, window_of
 from downcity.store import Database
@@ -27,6 +28,19 @@ async def test_concurrent_admissions_stop_at_exactly_the_limit(book: QuotaBook) 
     decisions = await asyncio.gather(*(book.admit("c", [_rpm(limit=30)]) for _ in range(100)))
     assert sum(d.admitted for d in decisions) == 30
     assert {d.refused for d in decisions if not d.admitted} == {"requests"}
+
+
+async def test_admissions_in_flight_together_share_a_commit_and_a_refused_one_takes_nothing(
+    book: QuotaBook,
+) -> None:
+    commits: list[int] = []
+    event.listen(book.db.engine.sync_engine, "commit", lambda conn: commits.append(1))
+    tight = [_rpm("a", 100), Claim("t", "tokens", 10, 45)]
+    decisions = await asyncio.gather(*(book.admit("c", tight) for _ in range(10)))
+    assert [d.admitted for d in decisions] == [True] * 4 + [False] * 6
+    assert 1 <= len(commits) < 10
+    rows = {(row["bucket"], row["metric"]): row["used"] for row in await book.consumption("c")}
+    assert rows == {(tight[0].bucket, "requests"): 4, (tight[1].bucket, "tokens"): 40}
 
 
 async def test_the_standing_counts_down_and_names_the_reset(book: QuotaBook) -> None:
