@@ -339,17 +339,26 @@ def serving_example(
 
 
 @pytest.fixture
-def local_federation(tmp_path: Path, demo_upstream: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    with serving_example(tmp_path, demo_upstream, monkeypatch) as url:
+def page_upstream() -> Iterator[str]:
+    """A demo upstream of the page's own: its fault counters (`[[fail-times:N]]`) start at zero for every run."""
+    from downcity.demo import DemoUpstream
+
+    with DemoUpstream() as upstream:
+        yield upstream.url
+
+
+@pytest.fixture
+def local_federation(tmp_path: Path, page_upstream: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with serving_example(tmp_path, page_upstream, monkeypatch) as url:
         yield url
 
 
 @pytest.fixture
 async def postgres_federation(
-    tmp_path: Path, demo_upstream: str, monkeypatch: pytest.MonkeyPatch, database_factory: DatabaseFactory
+    tmp_path: Path, page_upstream: str, monkeypatch: pytest.MonkeyPatch, database_factory: DatabaseFactory
 ) -> AsyncIterator[str]:
     database_url = await database_factory.url("postgresql")
-    with serving_example(tmp_path, demo_upstream, monkeypatch, database_url) as url:
+    with serving_example(tmp_path, page_upstream, monkeypatch, database_url) as url:
         yield url
     await database_factory.release(database_url)
 

@@ -261,5 +261,8 @@ async def test_a_ui_stream_shows_the_call_id_and_text_but_never_the_usage_report
         "output_tokens": 3,
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
+        "images": 0,
+        "seconds": 0,
     }
     assert await app.balance() == (CREDIT - (2 + 2 * 3), 0)

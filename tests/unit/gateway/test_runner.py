@@ -290,6 +290,9 @@ async def test_default_stream_yields_ui_chunks_then_usage(respx_mock: respx.Mock
         "output_tokens": 3,
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
+        "images": 0,
+        "seconds": 0,
     }
     assert chunks[-1]["data"]["charge"] is None
 
@@ -435,7 +438,15 @@ async def test_passthrough_stream_yields_upstream_bytes_unchanged_then_usage(
     assert data == raw
     assert isinstance(summary, dict)
     assert (summary["usage"], summary["charge"]) == (
-        {"input_tokens": 7, "output_tokens": 3, "cached_tokens": 0, "reasoning_tokens": 0},
+        {
+            "input_tokens": 7,
+            "output_tokens": 3,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
+            "cache_write_tokens": 0,
+            "images": 0,
+            "seconds": 0,
+        },
         None,
     )
     assert isinstance(summary["ttfb_ms"], int)

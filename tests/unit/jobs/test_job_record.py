@@ -118,6 +118,7 @@ def test_a_finished_job_is_one_usage_row_keyed_by_its_charge(job: JobRecord, row
         "pathway": "image",
         "model_id": "pic",
         "provider_id": "img",
+        "fallback_from": None,
         **row,
     }
 

@@ -112,11 +112,13 @@ async def test_list_returns_every_record_newest_first(db: Database) -> None:
         "output_tokens": 20,
         "cached_tokens": 0,
         "reasoning_tokens": 0,
+        "cache_write_tokens": 0,
         "duration_ms": 0,
         "ttfb_ms": None,
         "charge_microcredits": 50,
         "attempts": None,
         "key_name": None,
+        "class_picocredits": {},
         "created_at_ms": MAY_1 + 1,
     }
 
@@ -159,6 +161,7 @@ async def test_summary_by_model_totals_requests_errors_tokens_and_credits(db: Da
             "output_tokens": 0,
             "total_tokens": 0,
             "charge_microcredits": 700,
+            "class_picocredits": {},
         },
         {
             "key": "demo-chat",
@@ -168,6 +171,7 @@ async def test_summary_by_model_totals_requests_errors_tokens_and_credits(db: Da
             "output_tokens": 22,
             "total_tokens": 33,
             "charge_microcredits": 55,
+            "class_picocredits": {},
         },
     ]
 
@@ -260,6 +264,7 @@ async def test_summary_route_names_its_grouping(app: App) -> None:
                 "output_tokens": 0,
                 "total_tokens": 0,
                 "charge_microcredits": 0,
+                "class_picocredits": {},
             }
         ],
     }
