@@ -12,10 +12,11 @@ from starlette.responses import HTMLResponse
 
 from downcity.errors import DowncityHTTPError, invalid
 from downcity.http.console.context import Console, ConsoleDep, Form, problem, read_form
-from downcity.http.console.pages import balances_context, cities_context, keys_context
+from downcity.http.console.pages import balances_context, cities_context, keys_context, quotas_context
 from downcity.http.routes import balance as balance_routes
 from downcity.http.routes import cities as city_routes
 from downcity.http.routes import env as env_routes
+from downcity.http.routes import quotas as quota_routes
 from downcity.http.routes import tokens as token_routes
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -177,3 +178,56 @@ async def change_balance(request: Request, console: ConsoleDep) -> HTMLResponse:
             return await balances_context(console.runtime, None, None)
 
     return await _act(request, console, "balances.html", "/console/balances", work, load)
+
+
+def _quotas(console: Console) -> Loader:
+    async def load(form: Form) -> dict[str, Any]:
+        return await quotas_context(console.runtime, form.optional("city_id"))
+
+    return load
+
+
+def _limit(form: Form, name: str) -> int | None:
+    value = form.optional(name)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise invalid(f"{name} must be a whole number", name)
+    return int(value)
+
+
+@router.post("/quotas/set", response_class=HTMLResponse)
+async def set_quota(request: Request, console: ConsoleDep) -> HTMLResponse:
+    """Store a city's quota (replacing one of the same id)."""
+
+    async def work(form: Form) -> dict[str, Any]:
+        body = quota_routes.QuotaSet(
+            city_id=form.text("city_id"),
+            id=form.text("id"),
+            user_id=form.optional("user_id"),
+            metadata=_metadata(form) or {},
+            model=form.optional("model"),
+            per_user=form.optional("per_user") is not None,
+            requests_per_minute=_limit(form, "requests_per_minute"),
+            tokens_per_minute=_limit(form, "tokens_per_minute"),
+            credits_per_day=_limit(form, "credits_per_day"),
+            credits_per_month=_limit(form, "credits_per_month"),
+        )
+        quota = await quota_routes.set_quota(body, console.runtime, None)
+        return {"notice": f"Quota {quota['id']} of {quota['city_id']} set."}
+
+    return await _act(request, console, "quotas.html", "/console/quotas", work, _quotas(console))
+
+
+@router.post("/quotas/remove", response_class=HTMLResponse)
+async def remove_quota(request: Request, console: ConsoleDep) -> HTMLResponse:
+    """Remove a city's stored quota."""
+
+    async def work(form: Form) -> dict[str, Any]:
+        body = quota_routes.QuotaRef(city_id=form.text("city_id"), id=form.text("id"))
+        removed = (await quota_routes.remove_quota(body, console.runtime, None))["removed"]
+        if not removed:
+            raise DowncityHTTPError(404, "not_found", f"{body.city_id} has no stored quota {body.id!r}")
+        return {"notice": f"Quota {body.id} of {body.city_id} removed."}
+
+    return await _act(request, console, "quotas.html", "/console/quotas", work, _quotas(console))

@@ -20,6 +20,7 @@ from downcity.http.console.rendering import PAGE_HEADERS
 from downcity.http.routes import balance as balance_routes
 from downcity.http.routes import cities as city_routes
 from downcity.http.routes import env as env_routes
+from downcity.http.routes import quotas as quota_routes
 from downcity.jobs.store import JobStore
 from downcity.ledger.usage import Bucket, SeriesBy, UsageFilter, UsageStatus, list_usage, parse_time
 from downcity.runtime import Runtime
@@ -246,10 +247,21 @@ async def jobs(console: ConsoleDep, status: Text = None, city_id: Text = None) -
     return console.page("jobs.html", "/console/jobs", context)
 
 
+async def quotas_context(runtime: Runtime, city_id: str | None) -> dict[str, Any]:
+    """The quotas of one city (or of every city), with each budget's use in its window when a city is named."""
+    listed = await quota_routes.list_quotas(runtime, None, city_id)
+    return {
+        "quotas": listed["items"],
+        "consumption": listed["consumption"],
+        "city_id": city_id or "",
+        "cities": (await city_routes.list_cities(runtime, None))["items"],
+    }
+
+
 @router.get("/quotas", response_class=HTMLResponse)
-async def quotas(console: ConsoleDep) -> HTMLResponse:
-    """The place quota administration (RPM, TPM, credit budgets) takes once its routes exist."""
-    return console.page("quotas.html", "/console/quotas", {})
+async def quotas(console: ConsoleDep, city_id: Text = None) -> HTMLResponse:
+    """Quotas (RPM, TPM, credit budgets), declared and stored, their use in the current windows, and forms."""
+    return console.page("quotas.html", "/console/quotas", await quotas_context(console.runtime, city_id or None))
 
 
 @router.get("/system", response_class=HTMLResponse)

@@ -124,8 +124,8 @@ async def test_empty_pages_say_what_to_do_next(browser: httpx.AsyncClient) -> No
     assert "No usage matches" in usage.text
     jobs = await browser.get("/console/jobs", params={"status": "failed"})
     assert "No failed image jobs" in jobs.text
-    quotas = await browser.get("/console/quotas")
-    assert 'id="quotas-slot"' in quotas.text
+    quotas = await browser.get("/console/quotas", params={"city_id": CITY_ID})
+    assert f"No quota binds {CITY_ID}" in quotas.text
 
 
 async def test_the_local_runner_system_page_shows_readiness_without_a_cluster(browser: httpx.AsyncClient) -> None:
@@ -170,3 +170,27 @@ def test_console_routes_stay_out_of_the_api_schema_and_off_the_thread_pool(app: 
     assert len(console) > 15
     assert not [path for path in app.app.openapi()["paths"] if path.startswith("/console")]
     assert {route.path: _sync_calls(route.dependant) for route in console if _sync_calls(route.dependant)} == {}
+
+
+async def test_a_quota_set_in_the_console_is_stored_listed_and_removed(app: App, browser: httpx.AsyncClient) -> None:
+    csrf = await csrf_of(browser, "/console/quotas")
+    form = {"csrf": csrf, "city_id": CITY_ID, "id": "starter", "metadata": '{"plan": "starter"}'}
+    bad = await browser.post("/console/quotas/set", data={**form, "requests_per_minute": "many"})
+    assert (bad.status_code, "requests_per_minute must be a whole number" in bad.text) == (422, True)
+    assert await app.runtime.quota_store.list(CITY_ID) == []
+    stored = await browser.post("/console/quotas/set", data={**form, "requests_per_minute": "30"})
+    assert (stored.status_code, f"Quota starter of {CITY_ID} set." in stored.text) == (200, True)
+    [quota] = await app.runtime.quota_store.list(CITY_ID)
+    assert (quota.id, quota.metadata, quota.requests_per_minute, quota.tokens_per_minute) == (
+        "starter",
+        {"plan": "starter"},
+        30,
+        None,
+    )
+    listed = await browser.get("/console/quotas", params={"city_id": CITY_ID})
+    assert 'data-quota="starter"' in listed.text and "plan=starter" in listed.text
+    removed = await browser.post("/console/quotas/remove", data={"csrf": csrf, "city_id": CITY_ID, "id": "starter"})
+    assert (removed.status_code, f"Quota starter of {CITY_ID} removed." in removed.text) == (200, True)
+    assert await app.runtime.quota_store.list(CITY_ID) == []
+    again = await browser.post("/console/quotas/remove", data={"csrf": csrf, "city_id": CITY_ID, "id": "starter"})
+    assert again.status_code == 404
