@@ -15,23 +15,14 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
+from actors.ledger import ACTOR_OPTIONS
 from actors.placement import HEAD_PINNED
-from actors.serving import RAY_NAMESPACE
 from downcity.errors import DowncityHTTPError
 from downcity.quotas import Claim, Decision, QuotaBook, Taken
 from downcity.quotas.quota import Metric
 from downcity.store.database import Database
 
 QUOTA_ACTOR_NAME = "downcity-quotas-v1"
-ACTOR_OPTIONS: dict[str, Any] = {
-    "namespace": RAY_NAMESPACE,
-    "lifetime": "detached",
-    "get_if_exists": True,
-    "max_restarts": -1,
-    "max_task_retries": 0,
-    "num_cpus": 0,
-    "max_concurrency": 1000,
-}
 
 
 class QuotaActor:
