@@ -1,9 +1,9 @@
 """The Quota actor: one detached, named `QuotaBook` every ingress replica admits through.
 
 One actor for the whole cluster serializes the guarded window updates (the database alone would keep them
-exact; the actor also gives every replica one window clock, which tests and drills move with
-`advance_clock`). Like the Ledger actor it restarts after a crash and never retries a task itself: a lost
-admission is refused to its caller with 503, never taken twice.
+exact; the actor also gives every replica one window clock, which tests and drills move with `advance_clock` and
+hold still with `freeze_clock`). Like the Ledger actor it restarts after a crash and never retries a task itself:
+a lost admission is refused to its caller with 503, never taken twice.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class QuotaActor:
     async def advance_clock(self, ms: int) -> int:
         """Move the windows' clock forward `ms` (tests and drills); the new time."""
         return await self._book.advance_clock(ms)
+
+    async def freeze_clock(self, at_ms: int | None) -> None:
+        """Hold the windows' clock at `at_ms` (a test's storm then never straddles two windows); None lets it run."""
+        await self._book.freeze_clock(at_ms)
 
 
 QuotaActorClass = ray.remote(QuotaActor)

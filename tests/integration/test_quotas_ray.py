@@ -1,6 +1,7 @@
 """Quotas on the real local Ray cluster, over HTTP, with two ingress replicas admitting through one Quota actor.
 
-An app of its own serves `tests.integration.quota_federation` (on its own PostgreSQL database): exactly `rpm`
+An app of its own serves `tests.integration.quota_federation` (its cities, tokens and keys on a PostgreSQL
+database of its own; the cluster's one Ledger actor and one Quota actor are the session app's): exactly `rpm`
 calls of a plan pass a storm of concurrent calls and the rest get 429 with OpenAI's headers; the next window (the
 Quota actor's clock moved a minute on) admits again; a TPM claim is trued up to the tokens used; a daily credit
 budget stops at exactly the budget; one city's limits never touch another's.
@@ -27,6 +28,7 @@ from actors.quotas import QUOTA_ACTOR_NAME
 from actors.serving import RAY_NAMESPACE
 from downcity.runtime import bootstrap, load_federation
 from downcity.settings import Settings
+from downcity.store.database import now_ms
 from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
 from tests.integration.conftest import ServedApp, eventually
 from tests.integration.quota_federation import DAILY_CALLS, PER_REQUEST, RPM, TPM
@@ -65,16 +67,19 @@ def running_ingress_replicas() -> int:
 
 @pytest.fixture(scope="module")
 async def quota_app(
-    ray_cluster: float,
+    served: ServedApp,
     serve_port: int,
     database_factory: DatabaseFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[ServedApp]:
-    """The quota app on a database of its own, deployed with a deadline that allows for a loaded machine."""
+    """The quota app on a database of its own, deployed with a deadline that allows for a loaded machine.
+
+    It asks for the session app first: that app's ingress creates the cluster's Ledger and Quota actors on the
+    session database, which every later test reads whatever order the tests run in.
+    """
     database_url = await database_factory.url("postgresql")
     data_dir = str(tmp_path_factory.mktemp("quotas"))
     await bootstrap(Settings.with_env_secrets(AppArgs(federation=FEDERATION, database_url=database_url).settings()))
-    serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
     await asyncio.to_thread(deploy, database_url, data_dir)
     async with asyncio.timeout(DEPLOY_DEADLINE_S):
         while running_ingress_replicas() != INGRESS_REPLICAS:  # noqa: ASYNC110 - Serve reports no event for it
@@ -89,7 +94,11 @@ async def quota_app(
         _, _, token = await app.new_user(credit=CREDIT)
         # Provider replicas read a new key within a second or so: a call without a quota tells when.
         await eventually(lambda: storm(url, token, 1), lambda replies: replies[0].status_code == 200, 60)
+        # The windows' clock holds still, so no storm straddles two minutes; tests move it with advance_clock.
+        quota_actor = ray.get_actor(QUOTA_ACTOR_NAME, namespace=RAY_NAMESPACE)
+        await quota_actor.freeze_clock.remote(now_ms())
         yield app
+        await quota_actor.freeze_clock.remote(None)
     serve.delete(APP)
 
 
