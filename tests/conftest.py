@@ -11,7 +11,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -34,18 +34,28 @@ def _all_free(first: int, count: int) -> bool:
     return True
 
 
+def _worker_index() -> tuple[int, int]:
+    """This process's pytest-xdist worker index and the number of workers ((0, 1) without xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def _pick_serve_ports() -> int:
     """A block of ports for this run's Serve clusters, below the ephemeral range and free when probed.
 
     Chosen at random and probed, so test runs side by side on one machine (or a `downcity up` beside them)
-    do not pick the same block the way a pid-derived base could.
+    do not pick the same block the way a pid-derived base could; each xdist worker of one run draws from a
+    range of its own, so the run's workers never pick overlapping blocks.
     """
+    index, workers = _worker_index()
+    span = (32_000 - 10_000) // workers
+    low = 10_000 + index * span
     rng = random.Random(os.urandom(8))
     for _ in range(100):
-        base = rng.randrange(10_000, 32_000 - SERVE_SLOTS * SERVE_SLOT_SPAN, 100)
+        base = rng.randrange(low, low + span - SERVE_SLOTS * SERVE_SLOT_SPAN, 100)
         if _all_free(base, SERVE_SLOTS * SERVE_SLOT_SPAN):
             return base
-    raise RuntimeError("no free block of ports for Serve below 32000")
+    raise RuntimeError(f"no free block of ports for Serve in {low}..{low + span}")
 
 
 _SERVE_PORTS = _pick_serve_ports()
@@ -75,6 +85,23 @@ def listen_port() -> int:
 
 # Serve reads its mode at import time in every Ray process: set it before anything imports Ray.
 apply_throughput_mode(port_base=serve_port_base(0))
+# A deleted app's ingress replicas stay reachable this long for load balancers to deregister them (30 s by
+# default, once per `serve.delete`); the suite's HAProxy runs on loopback and reloads within it.
+os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scope scheduling with every test of tests/integration in one scope: they run on one worker
+    (they share the session's Ray cluster, and two clusters would halve what each gets of two cores) while the
+    unit tests spread over the workers beside them."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneClusterScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "cluster" if nodeid.startswith("tests/integration/") else nodeid
+
+    return OneClusterScheduling(config, log)
+
 
 PG_ADMIN_URL = os.environ.get("DOWNCITY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("sqlite", "postgresql")

@@ -185,19 +185,20 @@ class QuotasResource(SyncNamespace):
         per_user: bool = False,
     ) -> QuotaInfo:
         """Store a city's quota, scoped to the user, token metadata values and model given."""
-        spec = {
-            "city_id": city_id,
-            "id": id,
-            "requests_per_minute": requests_per_minute,
-            "tokens_per_minute": tokens_per_minute,
-            "credits_per_day": credits_per_day,
-            "credits_per_month": credits_per_month,
-            "user_id": user_id,
-            "metadata": dict(metadata) if metadata else None,
-            "model": model,
-            "per_user": per_user,
-        }
-        return self._transport.call(ops.set_quota(spec))
+        return self._transport.call(
+            ops.set_quota(
+                city_id,
+                id,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                credits_per_day=credits_per_day,
+                credits_per_month=credits_per_month,
+                user_id=user_id,
+                metadata=metadata,
+                model=model,
+                per_user=per_user,
+            )
+        )
 
     def list(self, city_id: str | None = None) -> QuotaListing:
         """The quotas in force (declared and stored) and, for one city, each budget's use in its window."""
@@ -374,19 +375,20 @@ class AsyncQuotasResource(AsyncNamespace):
         per_user: bool = False,
     ) -> QuotaInfo:
         """Store a city's quota, scoped to the user, token metadata values and model given."""
-        spec = {
-            "city_id": city_id,
-            "id": id,
-            "requests_per_minute": requests_per_minute,
-            "tokens_per_minute": tokens_per_minute,
-            "credits_per_day": credits_per_day,
-            "credits_per_month": credits_per_month,
-            "user_id": user_id,
-            "metadata": dict(metadata) if metadata else None,
-            "model": model,
-            "per_user": per_user,
-        }
-        return await self._transport.call(ops.set_quota(spec))
+        return await self._transport.call(
+            ops.set_quota(
+                city_id,
+                id,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                credits_per_day=credits_per_day,
+                credits_per_month=credits_per_month,
+                user_id=user_id,
+                metadata=metadata,
+                model=model,
+                per_user=per_user,
+            )
+        )
 
     async def list(self, city_id: str | None = None) -> QuotaListing:
         """The quotas in force (declared and stored) and, for one city, each budget's use in its window."""

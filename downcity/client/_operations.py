@@ -235,8 +235,32 @@ def list_jobs(filters: Mapping[str, Any]) -> Operation[list[Job]]:
     return _get("/v1/jobs/list", _items(Job), filters)
 
 
-def set_quota(spec: Mapping[str, Any]) -> Operation[QuotaInfo]:
+def set_quota(
+    city_id: str,
+    quota_id: str,
+    *,
+    requests_per_minute: int | None,
+    tokens_per_minute: int | None,
+    credits_per_day: int | None,
+    credits_per_month: int | None,
+    user_id: str | None,
+    metadata: Mapping[str, Any] | None,
+    model: str | None,
+    per_user: bool,
+) -> Operation[QuotaInfo]:
     """POST /v1/quotas/set; setting the same quota twice stores it once."""
+    spec = {
+        "city_id": city_id,
+        "id": quota_id,
+        "requests_per_minute": requests_per_minute,
+        "tokens_per_minute": tokens_per_minute,
+        "credits_per_day": credits_per_day,
+        "credits_per_month": credits_per_month,
+        "user_id": user_id,
+        "metadata": dict(metadata) if metadata else None,
+        "model": model,
+        "per_user": per_user,
+    }
     return _post("/v1/quotas/set", QuotaInfo.model_validate, spec, retry_safe=True)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory, eventually, listen_p
 __all__ = ["ServedApp", "eventually"]
 
 APP_NAME = "downcity"
+PROVIDER_KEY_ENV = "DEEPSEEK_API_KEY"
 DEPLOY_DEADLINE_S = 60
 
 
@@ -60,8 +63,69 @@ def deploy(federation: str, database_url: str, data_dir: str, port: int) -> None
     from actors.app import AppArgs, build
 
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(federation=federation, database_url=database_url, data_dir=data_dir)
+    # /ready answers 200 only once a replica of every provider deployment reads the key the fixture stores.
+    args = AppArgs(
+        federation=federation, database_url=database_url, data_dir=data_dir, ready_requires_env=[PROVIDER_KEY_ENV]
+    )
     serve.run(build(args), name=APP_NAME, route_prefix="/")
+
+
+def deploy_beside(
+    federation: str,
+    name: str,
+    prefix: str,
+    database_url: str,
+    data_dir: str,
+    *,
+    ingress_replicas: int = 1,
+    leases: bool = False,
+    settings: dict[str, Any] | None = None,
+    deadline_s: float = 240,
+) -> None:
+    """`actors.app.build`'s composition of `federation` as a second app `name` under `prefix`, with
+    `ingress_replicas` ingress replicas (and `settings` over the args' own), back once they all run."""
+    from ray import serve
+    from ray.serve.deployment import Deployment
+
+    from actors.app import AppArgs
+    from actors.ingress import Ingress
+    from actors.placement import actor_options
+    from actors.providers import ProviderDeployment
+    from downcity.runtime import load_federation
+
+    args = AppArgs(federation=federation, database_url=database_url, data_dir=data_dir, leases=leases)
+    merged = {**args.settings(), **(settings or {})}
+    providers = {
+        provider_id: cast(Deployment, ProviderDeployment)
+        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
+        .bind(federation, provider_id, merged)
+        for provider_id in load_federation(federation).providers
+    }
+    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=ingress_replicas)
+    serve.run(ingress.bind(federation, merged, providers, args.control_resources), name=name, route_prefix=prefix)
+    wait_for_ingress_replicas(name, ingress_replicas, deadline_s)
+
+
+def running_ingress_replicas(name: str) -> int:
+    """The RUNNING replicas of app `name`'s ingress deployment while the app runs and the deployment is healthy."""
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    status = serve.status().applications.get(name)
+    if status is None or status.status != "RUNNING":
+        return 0
+    ingress = status.deployments.get("ingress")
+    if ingress is None or ingress.status != "HEALTHY":
+        return 0
+    return int(ingress.replica_states.get(ReplicaState.RUNNING, 0))
+
+
+def wait_for_ingress_replicas(name: str, replicas: int, deadline_s: float) -> None:
+    """Block until app `name` runs exactly `replicas` ingress replicas (Serve reports no event for it)."""
+    ends = time.monotonic() + deadline_s
+    while running_ingress_replicas(name) != replicas:
+        assert time.monotonic() < ends, f"{name} never ran {replicas} ingress replicas"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +150,7 @@ async def served(
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=30
     ) as admin:
-        stored = await admin.post("/v1/env/set", json={"key": "DEEPSEEK_API_KEY", "value": "sk-example-key-123456"})
+        stored = await admin.post("/v1/env/set", json={"key": PROVIDER_KEY_ENV, "value": "sk-example-key-123456"})
         assert stored.status_code == 200, stored.text
         # Ready once a replica of every provider deployment holds the key (they poll the env version every second).
         ready = await eventually(lambda: admin.get("/ready"), lambda response: response.status_code == 200)

@@ -7,30 +7,22 @@ on and once with every call on its own hold; both share the session's Ledger act
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 import ray
 from ray import serve
-from ray.serve._private.common import ReplicaState
-from ray.serve.deployment import Deployment
 from sqlalchemy import func, select
 
-from actors.app import AppArgs
-from actors.ingress import Ingress
 from actors.ledger import get_ledger
-from actors.placement import actor_options
-from actors.providers import ProviderDeployment
-from downcity.runtime import load_federation
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import balances, holds, ledger_entries
-from tests.integration.conftest import ServedApp, eventually
+from tests.integration.conftest import ServedApp, deploy_beside, eventually
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -41,7 +33,6 @@ REPLICAS = 2
 FLAT = 500
 COVERED = 57
 STORM = 200
-DEPLOY_DEADLINE_S = 240
 # Leases of a replica that no call used for this long are returned; tests wait on that, not on a clock. Long
 # enough that a replica killed right after its calls dies still holding its lease on a loaded machine.
 IDLE_S = 3.0
@@ -57,39 +48,23 @@ class LeaseApp:
     leases: bool
 
 
-def _running_replicas() -> int:
-    status = serve.status().applications.get(APP)
-    if status is None or status.status != "RUNNING":
-        return 0
-    ingress = status.deployments.get("ingress")
-    if ingress is None or ingress.status != "HEALTHY":
-        return 0
-    return int(ingress.replica_states.get(ReplicaState.RUNNING, 0))
-
-
-def _deploy(database_url: str, data_dir: str, leases: bool) -> None:
-    args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir, leases=leases)
-    settings = {**args.settings(), "lease_idle_s": IDLE_S}
-    providers = {
-        provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
-        .bind(FEDERATION, provider_id, settings)
-        for provider_id in load_federation(FEDERATION).providers
-    }
-    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=REPLICAS)
-    serve.run(ingress.bind(FEDERATION, settings, providers, args.control_resources), name=APP, route_prefix=PREFIX)
-    ends = time.monotonic() + DEPLOY_DEADLINE_S
-    while _running_replicas() != REPLICAS:
-        assert time.monotonic() < ends, f"{APP} never ran {REPLICAS} ingress replicas: {serve.status()}"
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module", params=[True, False], ids=["leases", "per-call-holds"])
 def lease_app(
     request: pytest.FixtureRequest, served: ServedApp, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LeaseApp]:
     leases = bool(request.param)
-    _deploy(served.database_url, str(tmp_path_factory.mktemp("leases")), leases)
+    settings = {"lease_idle_s": IDLE_S}
+    data_dir = str(tmp_path_factory.mktemp("leases"))
+    deploy_beside(
+        FEDERATION,
+        APP,
+        PREFIX,
+        served.database_url,
+        data_dir,
+        ingress_replicas=REPLICAS,
+        leases=leases,
+        settings=settings,
+    )
     yield LeaseApp(served.url + PREFIX, leases)
     serve.delete(APP)
 

@@ -26,25 +26,18 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 import ray
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve._private.common import ReplicaState
-from ray.serve.deployment import Deployment
 from sqlalchemy import select
 
-from actors.app import AppArgs
-from actors.ingress import Ingress
 from actors.jobs import JOB_MANAGER_NAME
 from actors.ledger import LEDGER_ACTOR_NAME, get_ledger
-from actors.placement import actor_options
-from actors.providers import ProviderDeployment
 from downcity.calls.replays import key_hash
-from downcity.runtime import load_federation
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import (
@@ -57,7 +50,7 @@ from downcity.store.schema import (
     usage_records,
 )
 from tests.conftest import TEST_ADMIN_KEY
-from tests.integration.conftest import ServedApp
+from tests.integration.conftest import ServedApp, deploy_beside, wait_for_ingress_replicas
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -96,7 +89,6 @@ IMAGE_POLL_AFTER_MS = 1_000
 MIN_OPEN_STREAMS = 8
 MIN_VICTIM_ONGOING = 3
 
-DEPLOY_DEADLINE_S = 240
 SETUP_DEADLINE_S = 60
 STORM_DEADLINE_S = 120
 RESTART_DEADLINE_S = 60
@@ -116,47 +108,11 @@ UI_DONE = b"data: [DONE]\n\n"
 # --- the second app, with two ingress replicas -------------------------------------------------------------
 
 
-def deploy_chaos_app(database_url: str, data_dir: str) -> None:
-    """`actors.app.build`'s composition, with two ingress replicas, as the app CHAOS_APP under CHAOS_PREFIX.
-
-    The database is the session app's (already migrated and bootstrapped), so both apps share its Ledger actor,
-    JobManager actor and provider key.
-    """
-    args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir)
-    settings = args.settings()
-    providers = {
-        provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
-        .bind(FEDERATION, provider_id, settings)
-        for provider_id in load_federation(FEDERATION).providers
-    }
-    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=INGRESS_REPLICAS)
-    app = ingress.bind(FEDERATION, settings, providers, args.control_resources)
-    serve.run(app, name=CHAOS_APP, route_prefix=CHAOS_PREFIX)
-
-
-def running_ingress_replicas() -> int:
-    status = serve.status().applications.get(CHAOS_APP)
-    if status is None or status.status != "RUNNING":
-        return 0
-    ingress = status.deployments.get("ingress")
-    if ingress is None or ingress.status != "HEALTHY":
-        return 0
-    return int(ingress.replica_states.get(ReplicaState.RUNNING, 0))
-
-
-def wait_for_ingress_replicas(deadline_s: float) -> None:
-    ends = time.monotonic() + deadline_s
-    while running_ingress_replicas() != INGRESS_REPLICAS:
-        if time.monotonic() > ends:
-            raise AssertionError(f"{CHAOS_APP} not back to {INGRESS_REPLICAS} ingress replicas: {serve.status()}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def chaos_url(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    deploy_chaos_app(served.database_url, str(tmp_path_factory.mktemp("chaos")))
-    wait_for_ingress_replicas(DEPLOY_DEADLINE_S)
+    # The session app's database: both apps share its Ledger actor, JobManager actor and provider key.
+    data_dir = str(tmp_path_factory.mktemp("chaos"))
+    deploy_beside(FEDERATION, CHAOS_APP, CHAOS_PREFIX, served.database_url, data_dir, ingress_replicas=INGRESS_REPLICAS)
     yield served.url + CHAOS_PREFIX
     serve.delete(CHAOS_APP)
 
@@ -591,7 +547,7 @@ async def test_money_invariants_hold_while_the_ledger_and_an_ingress_replica_are
             return not await fetch_rows(db, settle_outbox, settle_outbox.c.user_id == account)
 
         await wait_until(outbox_drained, "drained the settle outbox", SETTLE_DEADLINE_S)
-        await asyncio.to_thread(wait_for_ingress_replicas, SETTLE_DEADLINE_S)
+        await asyncio.to_thread(wait_for_ingress_replicas, CHAOS_APP, INGRESS_REPLICAS, SETTLE_DEADLINE_S)
 
         entries = await fetch_rows(db, ledger_entries, ledger_entries.c.user_id == account)
         usage = await fetch_rows(db, usage_records, usage_records.c.user_id == user_id)

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 import ray
 from ray import serve
-from ray.serve._private.common import ReplicaState
-from ray.serve.deployment import Deployment
 
 from actors.app import AppArgs
-from actors.ingress import Ingress
-from actors.placement import actor_options
-from actors.providers import ProviderDeployment
 from actors.quotas import QUOTA_ACTOR_NAME
 from actors.serving import RAY_NAMESPACE
-from downcity.runtime import bootstrap, load_federation
+from downcity.runtime import bootstrap
 from downcity.settings import Settings
 from downcity.store.database import now_ms
 from tests.conftest import TEST_ADMIN_KEY, DatabaseFactory
-from tests.integration.conftest import ServedApp, eventually
+from tests.integration.conftest import ServedApp, deploy_beside, eventually
 from tests.integration.quota_federation import DAILY_CALLS, PER_REQUEST, RPM, TPM
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
@@ -39,30 +34,8 @@ FEDERATION = "tests.integration.quota_federation:federation"
 APP = "downcity-quotas"
 PREFIX = "/quotas"
 INGRESS_REPLICAS = 2
-DEPLOY_DEADLINE_S = 240
 RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 CREDIT = 10_000_000
-
-
-def deploy(database_url: str, data_dir: str) -> None:
-    args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir)
-    settings = args.settings()
-    providers = {
-        provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
-        .bind(FEDERATION, provider_id, settings)
-        for provider_id in load_federation(FEDERATION).providers
-    }
-    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=INGRESS_REPLICAS)
-    serve.run(ingress.bind(FEDERATION, settings, providers, args.control_resources), name=APP, route_prefix=PREFIX)
-
-
-def running_ingress_replicas() -> int:
-    status = serve.status().applications.get(APP)
-    if status is None or status.status != "RUNNING":
-        return 0
-    ingress = status.deployments.get("ingress")
-    return int(ingress.replica_states.get(ReplicaState.RUNNING, 0)) if ingress is not None else 0
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +53,9 @@ async def quota_app(
     database_url = await database_factory.url("postgresql")
     data_dir = str(tmp_path_factory.mktemp("quotas"))
     await bootstrap(Settings.with_env_secrets(AppArgs(federation=FEDERATION, database_url=database_url).settings()))
-    await asyncio.to_thread(deploy, database_url, data_dir)
-    async with asyncio.timeout(DEPLOY_DEADLINE_S):
-        while running_ingress_replicas() != INGRESS_REPLICAS:  # noqa: ASYNC110 - Serve reports no event for it
-            await asyncio.sleep(0.2)
+    await asyncio.to_thread(
+        deploy_beside, FEDERATION, APP, PREFIX, database_url, data_dir, ingress_replicas=INGRESS_REPLICAS
+    )
     url = f"http://127.0.0.1:{serve_port}{PREFIX}"
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}, timeout=60

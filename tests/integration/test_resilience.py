@@ -12,25 +12,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
 from ray import serve
-from ray.serve.deployment import Deployment
 from sqlalchemy import select
 
-from actors.app import AppArgs
 from actors.cli.status import provider_resilience
-from actors.ingress import Ingress
-from actors.providers import ProviderDeployment
-from downcity.runtime import load_federation
 from downcity.store import Database
 from downcity.store.schema import ledger_entries, usage_records
 from tests.integration import resilience_federation as spec
-from tests.integration.conftest import ServedApp, eventually
+from tests.integration.conftest import ServedApp, deploy_beside, eventually
 
 # The module's first test also waits for the session app and this one to deploy.
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -101,27 +96,14 @@ class _Opened:
         await self.db.dispose()
 
 
-def deploy(database_url: str, data_dir: str) -> None:
-    """The app composition of `actors.app.build`, as APP under PREFIX."""
-    args = AppArgs(federation=FEDERATION, database_url=database_url, data_dir=data_dir)
-    settings = args.settings()
-    providers = {
-        provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}")
-        .bind(FEDERATION, provider_id, settings)
-        for provider_id in load_federation(FEDERATION).providers
-    }
-    ingress = cast(Deployment, Ingress).options(name="ingress")
-    serve.run(ingress.bind(FEDERATION, settings, providers, args.control_resources), name=APP, route_prefix=PREFIX)
-
-
 @pytest.fixture(scope="module")
 async def app(served: ServedApp, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Resilient]:
     for key, value in (("POOL_A_KEY", REFUSED_KEY), ("POOL_B_KEY", GOOD_KEY)):
         stored = await served.admin.post("/v1/env/set", json={"key": key, "value": value})
         assert stored.status_code == 200, stored.text
-    await asyncio.wait_for(
-        asyncio.to_thread(deploy, served.database_url, str(tmp_path_factory.mktemp("resil"))), SETUP_DEADLINE_S
+    data_dir = str(tmp_path_factory.mktemp("resil"))
+    await asyncio.to_thread(
+        deploy_beside, FEDERATION, APP, PREFIX, served.database_url, data_dir, deadline_s=SETUP_DEADLINE_S
     )
     yield Resilient(served.url + PREFIX, served)
     await asyncio.to_thread(serve.delete, APP)

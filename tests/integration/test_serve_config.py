@@ -28,6 +28,8 @@ def serve_run(tmp_path_factory: pytest.TempPathFactory, demo_upstream: str) -> I
     port = listen_port()
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["data_dir"] = str(workdir / "data")
+    # /ready then waits for a replica of every provider deployment to read the key the test stores.
+    config["applications"][0]["args"]["ready_requires_env"] = ["DEEPSEEK_API_KEY"]
     config_file = workdir / "serve_config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOWNCITY_", "RAY_SERVE_"))} | {

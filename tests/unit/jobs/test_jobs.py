@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -38,6 +39,8 @@ CITY = "city-a"
 USER = "alice"
 ACCOUNT = f"{CITY}/{USER}"
 KEY_ENV = "IMAGES_KEY"
+# Within the 5 s the tests wait for a job: fetches held this long without overlapping give up holding.
+OVERLAP_DEADLINE_S = 4
 FAST = Settings(
     image_poll_interval_ms=50,
     image_backoff_base_ms=100,
@@ -59,20 +62,25 @@ class FixedRandom(random.Random):
         return self.value
 
 
-class SlowFetches(LocalGateway):
-    """The local gateway, holding every `image_fetch` so that fetches of two managers overlap."""
+class OverlappingFetches(LocalGateway):
+    """The local gateway, holding every `image_fetch` until `overlap` fetches are in flight at once (or a deadline
+    passes, and the test's count of the peak says they never were), so fetches of two managers overlap."""
 
-    def __init__(self, runners: dict[str, ProviderRunner], delay_s: float) -> None:
+    def __init__(self, runners: dict[str, ProviderRunner], overlap: int) -> None:
         super().__init__(runners)
-        self.delay_s = delay_s
+        self.overlap = overlap
         self.active = 0
         self.peak = 0
+        self._together = asyncio.Event()
 
     async def image_fetch(self, provider_id: str, req: ActionRequest) -> ImageJobResult:
         self.active += 1
         self.peak = max(self.peak, self.active)
+        if self.active >= self.overlap:
+            self._together.set()
         try:
-            await asyncio.sleep(self.delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._together.wait(), OVERLAP_DEADLINE_S)
             return await super().image_fetch(provider_id, req)
         finally:
             self.active -= 1
@@ -256,7 +264,7 @@ async def test_two_managers_never_poll_one_job_at_once(jobs: Jobs) -> None:
 
 
 async def test_concurrent_fetches_of_one_success_charge_once(jobs: Jobs) -> None:
-    slow = SlowFetches(jobs.gateway.runners, delay_s=0.2)
+    slow = OverlappingFetches(jobs.gateway.runners, overlap=2)
     created = await jobs.create("a cat [[polls:0]]")
     # A 1 ms lease lapses while the first fetch is held, so the second manager fetches the same job too.
     settings = replace(FAST, image_lease_ms=1)
