@@ -23,6 +23,8 @@ pytestmark = pytest.mark.ray
 
 SCRAPE_DEADLINE_S = 45.0
 PROMPTS = ("one two", "three four five", "six")
+# The Ledger ops the traffic commits at least: the seed credit and the three calls' settles.
+LEDGER_OPS = 4
 CALL = {"model": "reverse", "provider": "local-tools"}
 
 
@@ -106,8 +108,10 @@ async def traffic(served: ServedApp) -> Traffic:
         calls = total(samples, "ray_downcity_requests_total", city=city_id)
         # Each process exports on its own schedule: wait for the ingress, the JobManager and the Ledger.
         names = {s.name for s in samples}
+        ledger_ops = total(samples, "ray_downcity_ledger_ops_total", shard="0") - ledger_ops_before
         return (
             calls == len(PROMPTS) + 1
+            and ledger_ops >= LEDGER_OPS
             and "ray_downcity_image_fetch_lag_ms" in names
             and {"ray_downcity_ledger_queue_depth", "ray_downcity_ledger_commit_seconds_count"} <= names
         )
@@ -154,9 +158,10 @@ async def test_latency_and_time_to_first_byte_are_histograms_of_every_call(traff
 async def test_ledger_commits_report_queue_depth_and_commit_latency(traffic: Traffic) -> None:
     names = {s.name for s in traffic.samples if s.labels.get("shard") == "0"}
     assert {"ray_downcity_ledger_queue_depth", "ray_downcity_ledger_commit_seconds_count"} <= names
-    # The seed credit and three settles were committed by the time the replies came back: the count grew by at
-    # least that much since the scrape before the traffic (other tests' ops may still add to it).
-    assert total(traffic.samples, "ray_downcity_ledger_ops_total", shard="0") - traffic.ledger_ops_before >= 4
+    # The seed credit and three settles were committed by the time the replies came back: the exported count grew
+    # by at least that much since the scrape before the traffic (other tests' ops may still add to it).
+    ledger_ops = total(traffic.samples, "ray_downcity_ledger_ops_total", shard="0") - traffic.ledger_ops_before
+    assert ledger_ops >= LEDGER_OPS
 
 
 async def test_the_job_scheduler_reports_pending_jobs_and_fetch_lag(traffic: Traffic) -> None:
