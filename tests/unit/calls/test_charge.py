@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 
 from downcity.ai.context import CityInfo, Context, UserInfo
+from downcity.ai.pricing import Price
 from downcity.ai.provider import ModelConfig, Provider
 from downcity.calls.charge import resolve_charge
 from downcity.errors import DowncityHTTPError
-from downcity.types import ChargeDraft
+from downcity.types import ChargeDraft, FilePart, TextPart, UIMessage
 
 HOLD = 1_000
 
@@ -85,3 +86,35 @@ def test_an_invalid_bill_result_is_a_502() -> None:
         "provider_error",
         "the bill of model 'm' returned an invalid charge",
     )
+
+
+def test_an_invalid_provider_bill_result_is_a_502_naming_the_provider() -> None:
+    class BadBill(Plain):
+        def bill(self, ctx: Context, output: Any) -> Any:
+            return {"amount_microcredits": "lots"}
+
+    with pytest.raises(DowncityHTTPError) as caught:
+        _resolve(None, BadBill("bad").model("m", hold_microcredits=HOLD))
+    assert (caught.value.status, caught.value.type, caught.value.message) == (
+        502,
+        "provider_error",
+        "the bill of provider 'bad' returned an invalid charge",
+    )
+
+
+def test_the_provider_bill_sees_the_calls_context() -> None:
+    class PerUser(Plain):
+        def bill(self, ctx: Context, output: Any) -> ChargeDraft:
+            return ChargeDraft(amount_microcredits=len(ctx.user.user_id), user_id=ctx.user.user_id)
+
+    assert _resolve(None, PerUser("per-user").model("m", hold_microcredits=HOLD)) == ChargeDraft(
+        amount_microcredits=2, user_id="u1"
+    )
+
+
+def test_a_per_image_price_charges_the_images_in_the_output() -> None:
+    model = Plain("plain").model("m", price=Price(per_image=20_000))
+    images = [FilePart(media_type="image/png", url=f"data:image/png;base64,{n}") for n in range(3)]
+    output = UIMessage(id="m1", role="assistant", parts=[TextPart(text="three cats"), *images])
+    charge = resolve_charge(None, model, model.provider, _ctx(model), output)
+    assert charge is not None and charge.amount_microcredits == 60_000

@@ -1,0 +1,86 @@
+"""The usage rows the Ledger writes next to its charges: every refusal is a 422 naming the field, at the bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from downcity.errors import DowncityHTTPError
+from downcity.ledger.checks import normalize_usage
+
+ROW = {
+    "request_id": "req_1",
+    "city_id": "c1",
+    "user_id": "c1/u1",
+    "pathway": "text",
+    "status": "ok",
+    "http_status": 200,
+}
+
+
+def refusal(usage: Any) -> tuple[int, str, str, str | None]:
+    with pytest.raises(DowncityHTTPError) as caught:
+        normalize_usage(usage)
+    return caught.value.status, caught.value.type, caught.value.message, caught.value.field
+
+
+def test_a_usage_that_is_not_an_object_is_refused_naming_usage() -> None:
+    message = "usage must be an object of usage_records columns"
+    assert refusal(["req_1"]) == (422, "invalid_request", message, "usage")
+
+
+def test_a_required_column_left_out_is_refused_by_name() -> None:
+    usage = {name: value for name, value in ROW.items() if name != "status"}
+    assert refusal(usage) == (422, "invalid_request", "usage.status is required", "usage.status")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "bits"),
+    [
+        ("http_status", 2**31, 32),
+        ("http_status", -(2**31) - 1, 32),
+        ("input_tokens", True, 32),
+        ("input_tokens", "12", 32),
+        ("input_tokens", 1.0, 32),
+        ("input_picocredits", 2**63, 64),
+        ("input_picocredits", -(2**63) - 1, 64),
+    ],
+)
+def test_an_integer_column_refuses_what_its_width_cannot_hold(name: str, value: Any, bits: int) -> None:
+    message = f"usage.{name} must be a {bits}-bit integer"
+    assert refusal({**ROW, name: value}) == (422, "invalid_request", message, f"usage.{name}")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("http_status", 2**31 - 1), ("http_status", -(2**31)), ("output_picocredits", 2**63 - 1), ("ttfb_ms", 0)],
+)
+def test_an_integer_column_takes_every_value_of_its_width(name: str, value: int) -> None:
+    assert normalize_usage({**ROW, name: value})[name] == value
+
+
+def test_a_string_column_refuses_another_type_naming_it() -> None:
+    message = "usage.model_id must be a string"
+    assert refusal({**ROW, "model_id": 7}) == (422, "invalid_request", message, "usage.model_id")
+
+
+def test_a_string_column_takes_its_length_and_refuses_one_character_more() -> None:
+    assert normalize_usage({**ROW, "model_id": "m" * 128})["model_id"] == "m" * 128
+    message = "usage.model_id must be at most 128 characters"
+    assert refusal({**ROW, "model_id": "m" * 129}) == (422, "invalid_request", message, "usage.model_id")
+
+
+def test_a_string_column_refuses_nul_naming_it() -> None:
+    message = "usage.key_name must not contain NUL characters"
+    assert refusal({**ROW, "key_name": "a\x00b"}) == (422, "invalid_request", message, "usage.key_name")
+
+
+def test_left_out_columns_take_their_defaults() -> None:
+    row = normalize_usage(ROW)
+    assert (row["input_tokens"], row["usage_source"], row["model_id"], row["charge_microcredits"]) == (
+        0,
+        "upstream",
+        None,
+        0,
+    )
