@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from downcity.errors import DowncityHTTPError
-from downcity.ledger.checks import normalize_usage
+from downcity.ledger.checks import check_metadata, normalize_usage
 
 ROW = {
     "request_id": "req_1",
@@ -83,4 +83,43 @@ def test_left_out_columns_take_their_defaults() -> None:
         "upstream",
         None,
         0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("usage", "message", "field"),
+    [
+        ({**ROW, "colour": "red"}, "usage.colour is not a usage_records column", "usage.colour"),
+        (
+            {**ROW, "charge_microcredits": 5},
+            "usage.charge_microcredits is set by the ledger",
+            "usage.charge_microcredits",
+        ),
+        ({**ROW, "ledger_entry_key": "k"}, "usage.ledger_entry_key is set by the ledger", "usage.ledger_entry_key"),
+        ({**ROW, "request_id": ""}, "usage.request_id must not be empty", "usage.request_id"),
+    ],
+)
+def test_columns_a_caller_may_not_set_are_refused_by_name(usage: dict[str, Any], message: str, field: str) -> None:
+    assert refusal(usage) == (422, "invalid_request", message, field)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (["not", "an", "object"], "metadata must be a JSON object"),
+        ({"ratio": float("nan")}, "metadata must be a JSON object"),
+        ({"when": object()}, "metadata must be a JSON object"),
+        ({"note": "a\x00b"}, "metadata must not contain NUL characters"),
+    ],
+)
+def test_metadata_is_a_json_object_postgresql_can_store(metadata: Any, message: str) -> None:
+    with pytest.raises(DowncityHTTPError) as caught:
+        check_metadata(metadata)
+    assert (caught.value.status, caught.value.message, caught.value.field) == (422, message, "metadata")
+
+
+def test_metadata_may_be_absent_or_any_json_object() -> None:
+    assert (check_metadata(None), check_metadata({"plan": "pro", "seats": [1, 2]})) == (
+        None,
+        {"plan": "pro", "seats": [1, 2]},
     )
