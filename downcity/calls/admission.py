@@ -20,9 +20,9 @@ _MAX_RECALL_POLL_S = 0.25
 
 @dataclass(frozen=True)
 class Admission:
-    """A billable call's durable hold: its share of a replica's credit lease, or its own hold under its key."""
+    """A billable call's durable hold: its share of a replica's credit lease (`ticket`), or (None) its own hold
+    under its key."""
 
-    amount: int
     ticket: Ticket | None = None
 
 
@@ -49,9 +49,9 @@ async def admit(
     if leases is not None:
         ticket = await leases.admit(user_id, amount)
         if ticket is not None:
-            return Admission(amount, ticket)
+            return Admission(ticket)
     await reserve(ledger, key, user_id, amount, recall_wait_s)
-    return Admission(amount)
+    return Admission()
 
 
 async def reserve(ledger: LedgerPort, key: str, user_id: str, amount: int, recall_wait_s: float) -> None:
