@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from actors.cli.banner import demo_examples
-from tests.conftest import listen_port, serve_port_base
+from actors.cli.up import DEMO_CREDIT
+from tests.conftest import eventually_sync, listen_port, serve_port_base
 
 pytestmark = pytest.mark.ray
 
@@ -109,8 +110,18 @@ def test_up_demo_prints_every_pathways_example_under_its_title(running_demo: Run
 def test_the_printed_token_is_on_one_line_and_works(running_demo: RunningDemo) -> None:
     (line,) = [line for line in running_demo.printed if line.startswith("user_token: ")]
     headers = {"Authorization": f"Bearer {line.removeprefix('user_token: ')}"}
-    answer = httpx.get(f"{running_demo.url}/v1/balance/me", headers=headers, timeout=30)
-    assert (answer.status_code, answer.json()["user_id"], answer.json()["balance"]) == (200, "demo-user", 10_000_000)
+
+    def account() -> tuple[int, str, int, int, int]:
+        """The token's balance answer, and what its usage rows charged (the module's other tests call too)."""
+        balance = httpx.get(f"{running_demo.url}/v1/balance/me", headers=headers, timeout=30)
+        usage = httpx.get(f"{running_demo.url}/v1/usage/me", params={"limit": 500}, headers=headers, timeout=30)
+        charged = sum(int(row["charge_microcredits"]) for row in usage.json()["items"])
+        body = balance.json()
+        return balance.status_code, body["user_id"], body["balance"], body["held"], charged
+
+    # Every call of the module's other tests is billed in the end: then the demo credit is the balance plus them.
+    status, user_id, balance, _, charged = eventually_sync(account, lambda state: state[3] == 0)
+    assert (status, user_id, balance + charged) == (200, "demo-user", DEMO_CREDIT)
 
 
 def test_ready_answers_200_naming_every_part_and_then_a_call_succeeds(running_demo: RunningDemo) -> None:
