@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from downcity.errors import DowncityHTTPError
-from downcity.ledger.checks import check_metadata, normalize_usage
+from downcity.ledger.checks import check_amount, check_metadata, normalize_usage
 
 ROW = {
     "request_id": "req_1",
@@ -122,4 +122,29 @@ def test_metadata_may_be_absent_or_any_json_object() -> None:
     assert (check_metadata(None), check_metadata({"plan": "pro", "seats": [1, 2]})) == (
         None,
         {"plan": "pro", "seats": [1, 2]},
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "positive", "message"),
+    [
+        (True, True, "amount must be an integer number of microcredits"),
+        ("5", False, "amount must be an integer number of microcredits"),
+        (5.0, True, "amount must be an integer number of microcredits"),
+        (0, True, "amount must be greater than 0"),
+        (-1, False, "amount must be 0 or more"),
+        (10**15 + 1, False, "amount must be at most 1000000000000000"),
+    ],
+)
+def test_an_amount_is_an_integer_within_its_bounds(value: Any, positive: bool, message: str) -> None:
+    with pytest.raises(DowncityHTTPError) as caught:
+        check_amount(value, positive=positive)
+    assert (caught.value.status, caught.value.message, caught.value.field) == (422, message, "amount_microcredits")
+
+
+def test_an_amount_takes_its_bounds() -> None:
+    assert (check_amount(0, positive=False), check_amount(1, positive=True), check_amount(10**15, positive=True)) == (
+        0,
+        1,
+        10**15,
     )
