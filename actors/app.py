@@ -13,6 +13,7 @@ from ray.serve.deployment import Deployment
 from actors.ingress import Ingress
 from actors.placement import HEAD_PINNED, actor_options, check_resources
 from actors.providers import ProviderDeployment
+from downcity.ai.federation import Federation
 from downcity.ai.federation_file import is_federation_file
 from downcity.runtime import bootstrap, load_federation
 from downcity.settings import Settings
@@ -79,15 +80,24 @@ def _bootstrap(settings: Settings) -> None:
 
 
 def build(args: AppArgs) -> Application:
-    """Compose the ingress and one `provider-<id>` deployment per provider of the federation."""
+    """Load the federation, migrate the database, then compose the app's deployments."""
     federation = load_federation(args.federation)
     settings = args.settings()
     _bootstrap(Settings.with_env_secrets(settings))
+    return compose(args, federation, settings)
+
+
+def compose(
+    args: AppArgs, federation: Federation, settings: dict[str, Any], ingress_replicas: int | None = None
+) -> Application:
+    """The ingress and one `provider-<id>` deployment per provider, all on `settings`. `ingress_replicas` fixes the
+    ingress's replica count in code; left None, Serve's config (num_replicas or autoscaling) decides alone."""
     providers = {
         provider_id: cast(Deployment, ProviderDeployment)
         .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
         .bind(args.federation, provider_id, settings)
         for provider_id in federation.providers
     }
-    ingress = cast(Deployment, Ingress).options(name="ingress")
+    replicas: dict[str, Any] = {} if ingress_replicas is None else {"num_replicas": ingress_replicas}
+    ingress = cast(Deployment, Ingress).options(name="ingress", **replicas)
     return ingress.bind(args.federation, settings, providers, args.control_resources)

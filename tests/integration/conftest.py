@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -82,27 +82,16 @@ def deploy_beside(
     settings: dict[str, Any] | None = None,
     deadline_s: float = 240,
 ) -> None:
-    """`actors.app.build`'s composition of `federation` as a second app `name` under `prefix`, with
-    `ingress_replicas` ingress replicas (and `settings` over the args' own), back once they all run."""
+    """`actors.app.compose` of `federation` as a second app `name` under `prefix`, with `ingress_replicas`
+    ingress replicas (and `settings` over the args' own), back once they all run."""
     from ray import serve
-    from ray.serve.deployment import Deployment
 
-    from actors.app import AppArgs
-    from actors.ingress import Ingress
-    from actors.placement import actor_options
-    from actors.providers import ProviderDeployment
+    from actors.app import AppArgs, compose
     from downcity.runtime import load_federation
 
     args = AppArgs(federation=federation, database_url=database_url, data_dir=data_dir, leases=leases)
-    merged = {**args.settings(), **(settings or {})}
-    providers = {
-        provider_id: cast(Deployment, ProviderDeployment)
-        .options(name=f"provider-{provider_id}", ray_actor_options=actor_options(args.provider_resources))
-        .bind(federation, provider_id, merged)
-        for provider_id in load_federation(federation).providers
-    }
-    ingress = cast(Deployment, Ingress).options(name="ingress", num_replicas=ingress_replicas)
-    serve.run(ingress.bind(federation, merged, providers, args.control_resources), name=name, route_prefix=prefix)
+    app = compose(args, load_federation(federation), {**args.settings(), **(settings or {})}, ingress_replicas)
+    serve.run(app, name=name, route_prefix=prefix)
     wait_for_ingress_replicas(name, ingress_replicas, deadline_s)
 
 
