@@ -1,10 +1,12 @@
 """Mutation score of the money modules: the ledger, the call lifecycle, admission, charge resolution, image-job billing.
 
 `mutmut` (configured under `[tool.mutmut]` in pyproject.toml) copies `downcity/` into `mutants/`, mutates the money
-modules listed there and runs the fast unit tests (no Ray, SQLite only) against each mutant. Not part of CI: a full run
-takes about an hour on two cores. Results persist in `mutants/`, so a stopped run resumes where it left off.
+modules listed there and runs the unit tests (no Ray) that reach each mutated function. Two passes: every mutant
+against the SQLite half of the database tests, then the mutants that pass lets live (or that no SQLite test reaches,
+such as PostgreSQL's one-trip commit) again against SQLite and PostgreSQL. Not part of CI: the whole run takes about
+an hour on two cores. Results persist in `mutants/`, so a stopped run resumes where it left off.
 
-    .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # mutate, test, then report
+    .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # both passes, then the report
     .venv/bin/python bench/mutation.py report [--survivors]                  # score per module from mutants/
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -98,10 +101,22 @@ def report(*, survivors: bool) -> None:
 
 
 def run(max_children: int, mutants: list[str]) -> None:
-    """Run mutmut from the repository root (resuming any earlier run), then report."""
-    mutmut = Path(sys.executable).with_name("mutmut")
-    subprocess.run([str(mutmut), "run", "--max-children", str(max_children), *mutants], cwd=ROOT, check=False)
+    """Run mutmut from the repository root (resuming any earlier run): SQLite, then both databases for what lived."""
+    mutmut(max_children, mutants, backends="sqlite")
+    alive = [name.split(" ")[0] for module in read_scores() for name in module.survivors]
+    if mutants:
+        alive = [name for name in alive if name in mutants]
+    if alive:
+        print(f"{len(alive)} mutants lived on SQLite: running them on SQLite and PostgreSQL")
+        mutmut(max_children, alive, backends="sqlite,postgresql")
     report(survivors=False)
+
+
+def mutmut(max_children: int, mutants: list[str], *, backends: str) -> None:
+    """One `mutmut run` on the given databases (named mutants are run again even if an earlier run judged them)."""
+    command = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "DOWNCITY_TEST_BACKENDS": backends}
+    subprocess.run([str(command), "run", "--max-children", str(max_children), *mutants], cwd=ROOT, env=env, check=False)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from actors.serving import apply_throughput_mode, free_port
@@ -280,16 +281,21 @@ def report_quotas(results: list[Result]) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="every target is measured once per round")
-    parser.add_argument("--retries", action="store_true", help="also compare the text path with retries configured")
-    parser.add_argument("--only", default="", help="measure only targets whose name contains this")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
+@dataclass
+class Bench:
+    """The running bench: the Serve URL, the demo upstream's port, the bench user's headers and the database."""
+
+    url: str
+    demo_port: int
+    user: dict[str, str]
+    database_url: str
+    data_dir: str
+
+
+@contextlib.contextmanager
+def running() -> Iterator[Bench]:
+    """The demo upstream, a fresh PostgreSQL database and a local Ray cluster serving the no-op deployment and
+    both Downcity apps (per-call at `/`, leases at `/leases`), with a seeded user; all torn down on exit."""
     demo_port, http_port = free_port(), free_port()
     demo = subprocess.Popen(
         [sys.executable, "-m", "downcity.demo", "--port", str(demo_port)], stdout=subprocess.PIPE, text=True
@@ -313,34 +319,47 @@ def main() -> None:
             )
             serve.run(build(app_args), name=name, route_prefix=prefix)
         url = f"http://127.0.0.1:{http_port}"
-        user = {"Authorization": f"Bearer {seed(url)}"}
-        targets = [
-            Target(
-                "demo upstream direct",
-                f"http://127.0.0.1:{demo_port}/v1/chat/completions",
-                CHAT,
-                {"Authorization": "Bearer bench-key"},
-            ),
-            Target("no-op Serve deployment", f"{url}/noop/", {}, {}),
-            *(
-                Target(f"{mode} {name}", f"{url}{prefix}{path}", body, user)
-                for mode, prefix in (("per-call", ""), ("leases", "/leases"))
-                for name, path, body in ROUTES
-            ),
-            quota_target(url),
-        ]
-        measured = [t for t in targets if args.only in t.name or t.name in (targets[0].name, targets[1].name)]
-        # Rounds interleave the targets, so a drift in the machine's speed hits every target alike.
-        rounds = [[measure(target, args, database_url) for target in measured] for _ in range(args.rounds)]
-        results = [median_result([round_[i] for round_ in rounds]) for i in range(len(measured))]
-        if args.retries:
-            compare_retries(args, url, user, database_url, data_dir)
+        yield Bench(url, demo_port, {"Authorization": f"Bearer {seed(url)}"}, database_url, data_dir)
     finally:
         serve.shutdown()
         ray.shutdown()
         demo.terminate()
         asyncio.run(pg(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="every target is measured once per round")
+    parser.add_argument("--retries", action="store_true", help="also compare the text path with retries configured")
+    parser.add_argument("--only", default="", help="measure only targets whose name contains this")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    with running() as bench:
+        targets = [
+            Target(
+                "demo upstream direct",
+                f"http://127.0.0.1:{bench.demo_port}/v1/chat/completions",
+                CHAT,
+                {"Authorization": "Bearer bench-key"},
+            ),
+            Target("no-op Serve deployment", f"{bench.url}/noop/", {}, {}),
+            *(
+                Target(f"{mode} {name}", f"{bench.url}{prefix}{path}", body, bench.user)
+                for mode, prefix in (("per-call", ""), ("leases", "/leases"))
+                for name, path, body in ROUTES
+            ),
+            quota_target(bench.url),
+        ]
+        measured = [t for t in targets if args.only in t.name or t.name in (targets[0].name, targets[1].name)]
+        # Rounds interleave the targets, so a drift in the machine's speed hits every target alike.
+        rounds = [[measure(target, args, bench.database_url) for target in measured] for _ in range(args.rounds)]
+        results = [median_result([round_[i] for round_ in rounds]) for i in range(len(measured))]
+        if args.retries:
+            compare_retries(args, bench.url, bench.user, bench.database_url, bench.data_dir)
     report(results, args)
 
 

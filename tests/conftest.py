@@ -104,10 +104,30 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 PG_ADMIN_URL = os.environ.get("DOWNCITY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
-BACKENDS = ("sqlite", "postgresql")
+ALL_BACKENDS = ("sqlite", "postgresql")
+BACKENDS_ENV = "DOWNCITY_TEST_BACKENDS"
 SKIP_POSTGRES_ENV = "DOWNCITY_TEST_SKIP_POSTGRES"
 # Read once: each test's environment is cleared of DOWNCITY_* variables.
 SKIP_POSTGRES = os.environ.get(SKIP_POSTGRES_ENV) == "1"
+
+
+def _backends() -> tuple[str, ...]:
+    """The databases the database tests run on: both, unless `DOWNCITY_TEST_BACKENDS` names fewer (the
+    mutation run's first pass takes SQLite alone and `pytest_report_header` says so)."""
+    chosen = os.environ.get(BACKENDS_ENV, ",".join(ALL_BACKENDS)).split(",")
+    unknown = set(chosen) - set(ALL_BACKENDS)
+    if unknown or not chosen:
+        raise pytest.UsageError(f"{BACKENDS_ENV} names {sorted(unknown)}: choose from {', '.join(ALL_BACKENDS)}")
+    return tuple(backend for backend in ALL_BACKENDS if backend in chosen)
+
+
+BACKENDS = _backends()
+
+
+def pytest_report_header() -> list[str]:
+    if BACKENDS == ALL_BACKENDS:
+        return []
+    return [f"database tests on {', '.join(BACKENDS)} only ({BACKENDS_ENV}); the others are not collected"]
 
 
 def _pg_url(name: str) -> str:

@@ -95,9 +95,13 @@ class App:
         return {**headers, "Idempotency-Key": key} if key is not None else headers
 
     async def upstream_calls(self) -> int:
+        """Upstream requests that start work: completions and image job creates, not the manager's job polls
+        (`/v1/images/jobs/<id>`), which come whenever a job falls due."""
         async with httpx.AsyncClient() as plain:
             items = (await plain.get(f"{self.upstream_root}/_demo/requests")).json()["items"]
-        return sum(1 for item in items if item["key"] == self.upstream_key)
+        return sum(
+            1 for item in items if item["key"] == self.upstream_key and not item["path"].startswith("/v1/images/jobs/")
+        )
 
     async def balance(self, user: str = "u1") -> tuple[int, int]:
         value = await self.runtime.ledger.balance(f"{CITY}/{user}")
