@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here, one file per process")
     args = parser.parse_args()
     name, path, body = next(route for route in ROUTES if route[0] == args.route)
     with running() as bench, tempfile.TemporaryDirectory() as out:
@@ -147,6 +149,8 @@ def main() -> None:
         for spy in spies.values():
             spy.wait()
         profiles = [Profile.read(process, Path(f"{out}/{process}.txt").read_text()) for process in spies]
+        if args.raw is not None:
+            shutil.copytree(out, args.raw, dirs_exist_ok=True)
     print(f"{args.target} {name}, {args.connections} connections, {args.seconds}s: {loaded.rps:.0f} req/s,")
     print(f"p50 {loaded.p50_ms:.2f} ms, {loaded.requests} requests, {loaded.failed} non-2xx")
     if loaded.failed:

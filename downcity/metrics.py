@@ -26,6 +26,9 @@ class CallMetrics:
     ttfb_s: float | None
     retries: int = 0
     fell_back: bool = False
+    # How the call was admitted: "lease" (a replica's credit lease), "hold" (its own hold) or "none" (unbilled,
+    # or refused before admission).
+    admitted: str = "none"
 
 
 class Metrics(Protocol):
@@ -40,6 +43,13 @@ class Metrics(Protocol):
     def jobs_state(self, *, pending: int, in_flight: int, lag_p50_ms: int | None, lag_p99_ms: int | None) -> None:
         """The image job scheduler's jobs with work left, polls running, and poll lag behind due time."""
 
+    def leases_state(self, *, held: int, leased_microcredits: int, in_flight_microcredits: int) -> None:
+        """A replica's credit leases: how many it holds, their unspent credit, and how much of it calls in flight
+        may still spend."""
+
+    def flush(self) -> None:
+        """Hand over anything summed in memory and not yet reported (the process is stopping)."""
+
 
 class NoMetrics:
     """Reports nothing: the default of the in-process runtime and the library's classes."""
@@ -52,3 +62,9 @@ class NoMetrics:
 
     def jobs_state(self, *, pending: int, in_flight: int, lag_p50_ms: int | None, lag_p99_ms: int | None) -> None:
         """Drop it."""
+
+    def leases_state(self, *, held: int, leased_microcredits: int, in_flight_microcredits: int) -> None:
+        """Drop it."""
+
+    def flush(self) -> None:
+        """Nothing is kept."""

@@ -99,7 +99,7 @@ class Runtime:
         self.renewer = HoldRenewer(self.ledger, self.settings.hold_expiry_s / 3)
         policy = LeasePolicy.from_settings(self.settings)
         owner = self.lease_owner or f"process-{uuid.uuid4().hex[:16]}"
-        self.leases = LeaseBook(self.ledger, owner, policy) if policy.enabled else None
+        self.leases = LeaseBook(self.ledger, owner, policy, metrics=self.metrics) if policy.enabled else None
 
     @classmethod
     async def open(
@@ -189,6 +189,7 @@ class Runtime:
             await self.leases.close()
         for close in reversed(self.on_stop):
             await close()
+        self.metrics.flush()
         await self.db.dispose()
 
 

@@ -213,8 +213,14 @@ class Call:
                 ttfb_s=ttfb_ms / 1000 if ttfb_ms is not None else None,
                 retries=max(0, len(self.attempts) - 1),
                 fell_back=self.fallen_back,
+                admitted=self._admitted(),
             )
         )
+
+    def _admitted(self) -> str:
+        if self.admission is None:
+            return "none"
+        return "lease" if self.admission.ticket is not None else "hold"
 
     def record_report(self, report: dict[str, Any]) -> None:
         """Take a streamed `{usage, charge, ttfb_ms}` report from the provider deployment into the context."""

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from downcity.ledger.types import LedgerPort, SettleResult
+from downcity.metrics import Metrics, NoMetrics
 from downcity.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class LeaseBook:
     owner: str
     policy: LeasePolicy
     clock: Callable[[], float] = time.monotonic
+    metrics: Metrics = field(default_factory=NoMetrics)
     leases: dict[str, Lease] = field(default_factory=dict)
     _meters: dict[str, SpendMeter] = field(default_factory=dict)
     _acquiring: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -187,7 +189,8 @@ class LeaseBook:
         await asyncio.gather(*self._returning)
 
     async def tick(self) -> None:
-        """One round of upkeep: return idle, recalled or spent leases, and renew the others when due."""
+        """One round of upkeep: return idle, recalled or spent leases, renew the others when due, and report
+        what the book holds."""
         now = self.clock()
         renewals: list[Lease] = []
         for lease in list(self.leases.values()):
@@ -195,6 +198,11 @@ class LeaseBook:
                 self._spawn_return(lease)
             elif now >= lease.renew_at:
                 renewals.append(lease)
+        self.metrics.leases_state(
+            held=len(self.leases),
+            leased_microcredits=sum(lease.amount for lease in self.leases.values()),
+            in_flight_microcredits=sum(lease.in_flight for lease in self.leases.values()),
+        )
         await asyncio.gather(*(self._renew(lease) for lease in renewals))
 
     def _take(self, user_id: str, amount: int, now: float) -> Ticket | None:

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from ray.util.metrics import Counter, Histogram
+from ray.util.metrics import Counter, Histogram, Metric
 
 from actors.metrics import RayMetrics
 
@@ -17,6 +17,8 @@ def exported_names() -> dict[str, str]:
     """Each metric's Prometheus name (Ray adds `ray_`, and `_total` to counters) and its type."""
     names: dict[str, str] = {}
     for metric in vars(RayMetrics()).values():
+        if not isinstance(metric, Metric):
+            continue
         kind = "counter" if isinstance(metric, Counter) else "histogram" if isinstance(metric, Histogram) else "gauge"
         suffix = "_total" if kind == "counter" else ""
         names[f"ray_{metric.info['name']}{suffix}"] = kind

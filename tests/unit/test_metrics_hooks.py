@@ -30,6 +30,7 @@ class Recorded:
 
     calls: list[CallMetrics] = field(default_factory=list)
     batches: list[dict[str, Any]] = field(default_factory=list)
+    flushes: int = 0
 
     def call_finished(self, call: CallMetrics) -> None:
         self.calls.append(call)
@@ -39,6 +40,12 @@ class Recorded:
 
     def jobs_state(self, *, pending: int, in_flight: int, lag_p50_ms: int | None, lag_p99_ms: int | None) -> None:
         raise AssertionError("no job scheduler runs in these tests")
+
+    def leases_state(self, *, held: int, leased_microcredits: int, in_flight_microcredits: int) -> None:
+        raise AssertionError("these tests run without credit leases")
+
+    def flush(self) -> None:
+        self.flushes += 1
 
 
 @dataclass
@@ -86,7 +93,7 @@ async def test_a_settled_call_reports_its_labels_tokens_and_charge(served: Serve
         "ok",
         None,
     )
-    assert (call.input_tokens, call.output_tokens, call.charged_microcredits) == (3, 3, 130)
+    assert (call.input_tokens, call.output_tokens, call.charged_microcredits, call.admitted) == (3, 3, 130, "hold")
     assert call.ttfb_s is not None and 0 <= call.ttfb_s <= call.latency_s
 
 
@@ -94,7 +101,12 @@ async def test_a_refused_call_reports_its_error_type_and_no_charge(served: Serve
     reply = await text(served, served.quota_token, "over quota")
     assert reply.status_code == 429
     [call] = served.recorded.calls
-    assert (call.status, call.error_type, call.charged_microcredits) == ("refused", "quota_exceeded", 0)
+    assert (call.status, call.error_type, call.charged_microcredits, call.admitted) == (
+        "refused",
+        "quota_exceeded",
+        0,
+        "none",
+    )
 
 
 async def test_a_ledger_reports_every_committed_op_with_its_shard(db: Database) -> None:

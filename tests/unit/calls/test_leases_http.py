@@ -16,6 +16,7 @@ from downcity.ai import AIService, Federation, OpenAICompatibleClient, Provider
 from downcity.demo.upstream import bind_socket, build_server
 from downcity.http.app import create_app
 from downcity.local import open_local_runtime
+from downcity.metrics import CallMetrics
 from downcity.runtime import Runtime
 from downcity.settings import Settings
 from downcity.store.schema import holds, ledger_entries, usage_records
@@ -115,3 +116,32 @@ async def test_a_failed_call_on_a_lease_frees_its_share_and_is_not_charged(
     await runtime.leases.close()
     balance = await runtime.ledger.balance(ACCOUNT)
     assert (balance.balance, balance.held) == (99 * FLAT, 0)
+
+
+class Admissions:
+    """A `Metrics` that keeps how each finished call was admitted."""
+
+    def __init__(self) -> None:
+        self.admitted: list[str] = []
+
+    def call_finished(self, call: CallMetrics) -> None:
+        self.admitted.append(call.admitted)
+
+    def flush(self) -> None:
+        """Nothing is kept."""
+
+
+async def test_metrics_tell_a_call_admitted_on_a_lease_from_one_on_its_own_hold(
+    served: tuple[Runtime, httpx.AsyncClient, str],
+) -> None:
+    runtime, http, token = served
+    recorded = Admissions()
+    runtime.metrics = recorded  # type: ignore[assignment]
+    # Below a lease's minimum (4 holds) u1's call takes its own hold; u2's balance is enough for a lease.
+    await runtime.ledger.credit("seed", ACCOUNT, 3 * FLAT)
+    await runtime.ledger.credit("seed-2", f"{CITY}/u2", 100 * FLAT)
+    rich = (await runtime.security.issuer.apply(CITY, "u2")).user_token
+    for user in (token, rich):
+        answer = await http.post("/v1/ai/text", json={"prompt": "hello"}, headers={"Authorization": f"Bearer {user}"})
+        assert answer.status_code == 200, answer.text
+    assert recorded.admitted == ["hold", "lease"]

@@ -229,3 +229,33 @@ async def test_two_replicas_sell_exactly_the_credit_there_is(ledger: Ledger, db:
         leases = (await conn.execute(select(holds.c.owner, holds.c.status).where(holds.c.owner.is_not(None)))).all()
     assert {owner for owner, _ in leases} == {"r1", "r2"}
     assert {status for _, status in leases} == {"released"}
+
+
+class LeaseGauges:
+    """The `leases_state` reports a `LeaseBook` makes, in order."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int, int]] = []
+
+    def leases_state(self, *, held: int, leased_microcredits: int, in_flight_microcredits: int) -> None:
+        self.reports.append((held, leased_microcredits, in_flight_microcredits))
+
+
+async def test_each_upkeep_round_reports_the_leases_their_credit_and_what_calls_in_flight_may_spend(
+    ledger: Ledger,
+) -> None:
+    await ledger.credit("top-up", "alice", 100_000)
+    gauges = LeaseGauges()
+    clock = [0.0]
+    book = LeaseBook(ledger, "r1", POLICY, clock=lambda: clock[0], metrics=gauges)  # type: ignore[arg-type]
+    first, second = await book.admit("alice", PRICE), await book.admit("alice", PRICE)
+    assert first is not None and second is not None
+    leased = book.leases["alice"].amount
+    await book.tick()
+    book.settled(first, await ledger.settle("call:1", "alice", 300, lease=first.lease, lease_hold=first.amount))
+    await book.tick()
+    book.released(second)
+    clock[0] = POLICY.idle_s
+    await book.tick()
+    await book.close()
+    assert gauges.reports == [(1, leased, 2 * PRICE), (1, leased - 300, PRICE), (0, 0, 0)]
