@@ -55,6 +55,11 @@ class LeasePolicy:
             ttl_s=settings.hold_expiry_s,
         )
 
+    @property
+    def upkeep_s(self) -> float:
+        """How often the book looks after its leases: twice per idle time, six times per TTL, at most 20 a second."""
+        return max(0.05, min(self.idle_s / 2, self.ttl_s / 6))
+
 
 def lease_size(spend_per_s: float, hold: int, policy: LeasePolicy) -> int:
     """What a lease asks for: `window_s` of recent spend, and at least `min_calls` holds of the call asking."""
@@ -297,9 +302,8 @@ class LeaseBook:
             logger.warning("returning lease %r failed (%r); it expires instead", lease.key, error)
 
     async def _run(self) -> None:
-        interval = max(0.05, min(self.policy.idle_s / 2, self.policy.ttl_s / 6))
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.policy.upkeep_s)
             try:
                 await self.tick()
             except Exception:
