@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +17,7 @@ def trim_trailing_slash(url: str) -> str:
 
 def new_message_id() -> str:
     """A fresh UIMessage id."""
-    return f"msg_{uuid.uuid4().hex}"
+    return f"msg_{secrets.token_hex(16)}"
 
 
 def build_assistant_message(text: str, *, reasoning: str | None = None, id: str | None = None) -> UIMessage:

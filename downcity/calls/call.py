@@ -18,8 +18,8 @@ Order of a call:
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ MAX_CALLER_TIMEOUT_MS = 3_600_000
 
 def new_request_id() -> str:
     """A fresh request id."""
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{secrets.token_hex(16)}"
 
 
 def unbounded_charge(model: ModelConfig) -> DowncityHTTPError:
