@@ -470,3 +470,28 @@ def test_a_draining_lease_admits_nothing() -> None:
     assert lease.usable(START)
     lease.draining = True
     assert not lease.usable(START)
+
+
+async def test_the_books_background_tasks_carry_names_a_task_dump_shows(ledger: ScriptedLedger, clock: Clock) -> None:
+    ledger.gate = asyncio.Event()
+    book = book_of(ledger, clock)
+    book.start()
+    admitting = asyncio.create_task(book.admit("alice", HOLD))
+    await asyncio.sleep(0)
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    ledger.gate.set()
+    await admitting
+    for _ in range(2):
+        await book.admit("alice", HOLD)
+    lease = book.leases["alice"]
+    assert lease.top_up is not None
+    top_up = lease.top_up.get_name()
+    await lease.top_up
+    book._spawn_return(lease)
+    [returning] = book._returning
+    assert ({"lease-book", "lease-acquire"} <= names, top_up, returning.get_name()) == (
+        True,
+        "lease-top-up",
+        "lease-return",
+    )
+    await book.close()
