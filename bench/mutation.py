@@ -4,7 +4,8 @@
 modules listed there and runs the unit tests (no Ray) that reach each mutated function. Two passes: every mutant
 against the SQLite half of the database tests, then the mutants that pass lets live (or that no SQLite test reaches,
 such as PostgreSQL's one-trip commit) again against SQLite and PostgreSQL. Not part of CI: the whole run takes about
-an hour on two cores. Results persist in `mutants/`, so a stopped run resumes where it left off.
+an hour on two cores. Results persist in `mutants/`, so a stopped run resumes where it left off. A survivor no test
+should kill (an equivalent mutant, say) is listed in `mutation_survivors.toml` with its reason.
 
     .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # both passes, then the report
     .venv/bin/python bench/mutation.py report [--survivors]                  # score per module from mutants/
@@ -17,12 +18,14 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
+EXPLAINED = Path(__file__).with_name("mutation_survivors.toml")
 
 # mutmut's exit codes (mutmut/stats.py): a test run that fails is a kill.
 KILLED = {1: "killed", 3: "killed"}
@@ -83,8 +86,14 @@ def read_scores() -> list[ModuleScore]:
     return scores
 
 
+def explained() -> dict[str, str]:
+    """The survivors judged not worth killing (equivalent mutants and the like), each with its reason."""
+    return dict(tomllib.loads(EXPLAINED.read_text())["survivors"])
+
+
 def report(*, survivors: bool) -> None:
-    """Print the score per module and overall; with `survivors`, every mutant the tests let live."""
+    """Print the score per module and overall; with `survivors`, every mutant the tests let live, with the
+    reason it may live (from `mutation_survivors.toml`) or UNEXPLAINED."""
     scores = read_scores()
     if not scores:
         sys.exit("no mutation results under mutants/: run `bench/mutation.py run` first")
@@ -94,16 +103,20 @@ def report(*, survivors: bool) -> None:
         total.update(module.counts)
         print(module.row())
     print(ModuleScore("all", total).row())
+    reasons = explained()
+    alive = [name for module in scores for name in module.survivors]
+    unexplained = [name for name in alive if name.split(" ")[0] not in reasons]
+    print(f"{len(alive)} survivors: {len(alive) - len(unexplained)} explained, {len(unexplained)} unexplained")
     if survivors:
-        for module in scores:
-            for name in module.survivors:
-                print(name)
+        for name in alive:
+            print(f"{name}: {reasons.get(name.split(' ')[0], 'UNEXPLAINED')}")
 
 
 def run(max_children: int, mutants: list[str]) -> None:
     """Run mutmut from the repository root (resuming any earlier run): SQLite, then both databases for what lived."""
     mutmut(max_children, mutants, backends="sqlite")
     alive = [name.split(" ")[0] for module in read_scores() for name in module.survivors]
+    alive = [name for name in alive if name not in explained()]
     if mutants:
         alive = [name for name in alive if name in mutants]
     if alive:
