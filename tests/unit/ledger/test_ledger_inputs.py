@@ -144,3 +144,24 @@ async def test_release_refuses_an_empty_key_naming_it(ledger: Ledger) -> None:
     refusal = await _refusal(ledger.release("", user_id="alice"))
 
     assert refusal == (422, "invalid_request", "idempotency_key must be a non-empty string", "idempotency_key")
+
+
+async def test_a_lease_of_nothing_is_refused_naming_the_amount(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    refusal = await _refusal(ledger.lease("lease:r1:0", "alice", "r1", 0, 0))
+    assert refusal == (422, "invalid_request", "amount must be greater than 0", "amount_microcredits")
+    assert (await ledger.balance("alice")).held == 0
+
+
+async def test_a_lease_without_an_owner_is_refused_naming_the_owner(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    refusal = await _refusal(ledger.lease("lease:r1:0", "alice", "", 1_000, 0))
+    assert refusal == (422, "invalid_request", "owner must be a non-empty string", "owner")
+    assert (await ledger.balance("alice")).held == 0
+
+
+async def test_a_lease_accepts_a_minimum_of_zero(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    lease = await ledger.lease("lease:r1:0", "alice", "r1", 1_000, 0)
+    assert (lease.granted_microcredits, lease.amount_microcredits, lease.status) == (1_000, 1_000, "held")
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=1_000, available=9_000)

@@ -109,6 +109,20 @@ async def test_another_user_cannot_release_a_hold(ledger: Ledger) -> None:
     assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=3_000, available=7_000)
 
 
+async def test_another_user_cannot_release_a_key_that_charged_without_a_hold(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+
+    with pytest.raises(DowncityHTTPError) as refused:
+        await ledger.release("top-up-1", user_id="mallory", usage=_usage("req-1"))
+
+    assert (refused.value.status, refused.value.type, refused.value.message) == (
+        409,
+        "idempotency_conflict",
+        "idempotency key 'top-up-1' was already used with a different amount, kind or user",
+    )
+    assert await _usage_rows(db) == []
+
+
 async def test_a_shard_refuses_a_release_that_does_not_name_its_user(db: Database) -> None:
     shard = Ledger(db, shard=(0, 2))
     await shard.start()

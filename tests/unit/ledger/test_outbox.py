@@ -88,3 +88,28 @@ async def test_a_drain_skips_accounts_of_other_shards(db: Database) -> None:
 
     await ledger.close()
     assert (applied, await _count(db, settle_outbox)) == (0, 1)
+
+
+async def _lease_holds(db: Database) -> dict[str, int | None]:
+    query = select(settle_outbox.c.idempotency_key, settle_outbox.c.lease_hold_microcredits)
+    async with db.connect() as conn:
+        return {key: lease_hold for key, lease_hold in await conn.execute(query)}
+
+
+async def test_an_owed_settle_on_a_lease_keeps_the_calls_share_of_it(db: Database) -> None:
+    outbox = Outbox(db)
+    owed = PendingSettle(
+        "call:1", "alice", 300, ref=None, note="owed", metadata=None, usage=None, lease="lease:r1:0", lease_hold=500
+    )
+    await outbox.put(owed)
+
+    assert await outbox.pending() == [owed]
+    assert await _lease_holds(db) == {"call:1": 500}
+
+
+async def test_an_owed_settle_without_a_lease_stores_no_share(db: Database) -> None:
+    outbox = Outbox(db)
+    await outbox.put(_pending("call:1"))
+
+    assert [(owed.lease, owed.lease_hold) for owed in await outbox.pending()] == [(None, 0)]
+    assert await _lease_holds(db) == {"call:1": None}
