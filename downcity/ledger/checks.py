@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, Text
+from sqlalchemy import BigInteger, Integer, String
 
 from downcity.accounts import MAX_ACCOUNT_ID_CHARS
 from downcity.errors import invalid
@@ -21,8 +21,7 @@ MAX_AMOUNT = 10**15
 
 
 def _column_default(name: str) -> Any:
-    default = _COLUMNS[name].default
-    return getattr(default, "arg", None) if default is not None else None
+    return getattr(_COLUMNS[name].default, "arg", None)
 
 
 def _check_value(name: str, value: Any) -> None:
@@ -36,10 +35,11 @@ def _check_value(name: str, value: Any) -> None:
         bits = 63 if isinstance(column.type, BigInteger) else 31
         if isinstance(value, bool) or not isinstance(value, int) or not -(2**bits) <= value < 2**bits:
             raise invalid(f"{field} must be a {bits + 1}-bit integer", field=field)
-    elif isinstance(column.type, String | Text):
+    elif isinstance(column.type, String):
+        # Text columns are Strings too (of no length unless one was given).
         if not isinstance(value, str):
             raise invalid(f"{field} must be a string", field=field)
-        _check_storable(value, field, getattr(column.type, "length", None))
+        _check_storable(value, field, column.type.length)
 
 
 def normalize_usage(usage: Any) -> dict[str, Any]:
