@@ -77,3 +77,10 @@ async def test_a_hold_granted_once_the_leases_came_back_admits_the_call(pauses: 
     model = Plain("plain").model("m", hold_microcredits=HOLD)
     admitted = await admit(ledger, "k1", "c1/u1", model, {"prompt": "hi"}, recall_wait_s=1.0)  # type: ignore[arg-type]
     assert (admitted, ledger.asks, pauses) == (Admission(), 3, [0.02, 0.04])
+
+
+async def test_a_pause_that_ends_exactly_at_the_end_of_the_wait_is_still_taken(pauses: list[float]) -> None:
+    ledger = LeasedLedger(refusals=100)
+    with pytest.raises(DowncityHTTPError) as caught:
+        await reserve(ledger, "k1", "c1/u1", HOLD, 0.02)  # type: ignore[arg-type]
+    assert (caught.value.type, ledger.asks, pauses) == ("insufficient_balance", 2, [0.02])
