@@ -1,12 +1,15 @@
-"""What an image job shows its owner and the admin, state by state: no result before its charge is written."""
+"""What an image job shows its owner and the admin, state by state: no result before its charge is written; how a
+provider's answer is stored."""
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import replace
 
 import pytest
 
-from downcity.jobs.record import JobRecord
+from downcity.jobs.record import GENERIC_FAILURE, NO_IMAGE, JobRecord, outcome_fields
+from downcity.types import FilePart, ImageJobResult, UIMessage
 
 RESULT = {"role": "assistant", "parts": [{"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,AA"}]}
 JOB = JobRecord(
@@ -132,3 +135,67 @@ def test_a_job_bills_and_fetches_as_its_owner_with_the_token_metadata_stored_at_
 
 def test_a_job_finished_the_moment_it_was_created_lasted_0_ms() -> None:
     assert replace(JOB, status="succeeded", finished_at_ms=1_000).usage_row()["duration_ms"] == 0
+
+
+def test_a_fallback_jobs_usage_row_names_the_model_it_fell_back_from() -> None:
+    fell_back = replace(JOB, status="succeeded", state={**JOB.state, "fallback_from": "old-pic"}, finished_at_ms=1_500)
+
+    assert fell_back.usage_row()["fallback_from"] == "old-pic"
+
+
+DRAWN = UIMessage(
+    role="assistant",
+    parts=[FilePart(media_type="image/png", url="data:image/png;base64,AA", drawnAt=datetime.datetime(2024, 1, 2))],
+)
+
+
+def test_a_succeeded_answer_is_stored_as_json_with_its_parts_extras_serialized() -> None:
+    stored = outcome_fields(ImageJobResult(job_id="up_1", status="succeeded", result=DRAWN, message="done"))
+
+    assert stored == {
+        "status": "succeeded",
+        "result": {
+            "id": "",
+            "role": "assistant",
+            "parts": [
+                {
+                    "type": "file",
+                    "mediaType": "image/png",
+                    "url": "data:image/png;base64,AA",
+                    "filename": None,
+                    "drawnAt": "2024-01-02T00:00:00",
+                }
+            ],
+            "metadata": {},
+        },
+        "error": None,
+        "message": "done",
+    }
+
+
+@pytest.mark.parametrize(
+    ("answer", "stored"),
+    [
+        (
+            ImageJobResult(job_id="up_1", status="failed", result=DRAWN, error="blocked"),
+            {"status": "failed", "result": None, "error": "blocked", "message": None},
+        ),
+        (
+            ImageJobResult(job_id="up_1", status="succeeded"),
+            {"status": "failed", "result": None, "error": NO_IMAGE, "message": None},
+        ),
+        (
+            ImageJobResult(job_id="up_1", status="failed", message="sorry"),
+            {"status": "failed", "result": None, "error": GENERIC_FAILURE, "message": "sorry"},
+        ),
+        (
+            ImageJobResult(job_id="up_1", status="running", message="half way"),
+            {"status": "running", "result": None, "error": None, "message": "half way"},
+        ),
+    ],
+    ids=["failed-with-an-image", "succeeded-without-an-image", "failed-without-an-error", "running"],
+)
+def test_only_a_success_with_an_image_is_stored_as_a_success_and_every_failure_has_an_error(
+    answer: ImageJobResult, stored: dict[str, object]
+) -> None:
+    assert outcome_fields(answer) == stored
