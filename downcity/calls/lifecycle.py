@@ -240,8 +240,14 @@ class _StreamState:
             self.renewal = asyncio.create_task(self.claim.store.renew(self.claim.key, self.claim.owner, CLAIM_LEASE_MS))
         return data
 
+    async def _renewed(self) -> None:
+        """Wait for a claim renewal still in flight, so none lands after the claim ends (or outlives the call)."""
+        if self.renewal is not None:
+            await asyncio.gather(self.renewal, return_exceptions=True)
+
     async def store(self, tail: bytes) -> None:
         """Store the whole stream, `tail` included, for replays."""
+        await self._renewed()
         if self.size + len(tail) <= MAX_STORED_STREAM_BYTES:
             await self.claim.complete({"sse": b"".join([*self.sent, tail]).decode()})
         else:
@@ -261,6 +267,7 @@ class _StreamState:
             call.took_from(error)
         if not self.delivery.delivered:
             await call.fail(error or DowncityHTTPError(499, "client_disconnected", "client disconnected"), "cancelled")
+            await self._renewed()
             await self.claim.abandon()
             return
         if call.ctx.metering.usage.total_tokens == 0:

@@ -7,6 +7,7 @@ holds the model's price; the JobManager bills its first success from that hold.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from typing import Any
 
@@ -26,6 +27,8 @@ from downcity.ledger.types import LedgerPort
 from downcity.store.database import now_ms
 from downcity.store.values import check_json
 from downcity.types import TERMINAL_JOB_STATUSES, ImageJobResult
+
+logger = logging.getLogger(__name__)
 
 # An image create holds its key only while it calls the provider's `image_create`.
 CLAIM_LEASE_MS = 120_000
@@ -135,8 +138,14 @@ async def _create(
         if held:
             await ledger.release(hold_key, user_id=account)
         raise
-    # The claim admits one create per key; the unique key on the job is the backstop.
-    return _same_request(await store.insert(record), digest)
+    # The claim admits one create per key; the unique key on the job is the backstop. When it catches a
+    # create (a claim lost with its row), that create's job was never stored: its hold goes back now.
+    stored = await store.insert(record)
+    if stored.job_id != record.job_id:
+        logger.warning("image job %s lost its key to job %s; its upstream job is not polled", job_id, stored.job_id)
+        if held:
+            await ledger.release(hold_key, user_id=account)
+    return _same_request(stored, digest)
 
 
 async def _create_falling_back(

@@ -23,10 +23,12 @@ from downcity.ledger import Ledger
 from downcity.store import Database
 from downcity.store.schema import async_jobs, idempotency_claims
 from downcity.types import ImageJobResult
+from examples.federation import per_image
 
 CITY = "city-a"
 USER = "alice"
 UNAVAILABLE = {"on": "error", "match": {"status": [503]}}
+PRICE = 20_000
 
 
 class Studio(Provider):
@@ -82,6 +84,7 @@ async def submitting(db: Database) -> AsyncIterator[Submitting]:
     studio = Studio("studio")
     models = [
         studio.model("pic", default="image"),
+        studio.model("held", bill=per_image, hold_microcredits=PRICE),
         studio.model("first", fallback=[{**UNAVAILABLE, "model": "second"}]),
         studio.model("second"),
         # A cycle: a falls back to b, b to c, c to b again.
@@ -160,3 +163,14 @@ async def test_a_replayed_create_whose_stored_job_is_gone_fails_naming_the_job(s
         await submitting.create(key="k-gone")
 
     assert str(failed.value) == f"the replayed image job {first.job_id!r} is not stored"
+
+
+async def test_a_create_the_jobs_unique_key_turns_away_gives_its_hold_back(submitting: Submitting) -> None:
+    await submitting.ledger.credit("seed", f"{CITY}/{USER}", 2 * PRICE)
+    first = await submitting.create(key="k-1", model="held")
+    await submitting.forget_claims()
+
+    again = await submitting.create(key="k-1", model="held")
+
+    balance = await submitting.ledger.balance(f"{CITY}/{USER}")
+    assert (again.job_id, balance.balance, balance.held) == (first.job_id, 2 * PRICE, PRICE)
