@@ -250,7 +250,9 @@ class ProviderRunner:
             result = await self.provider.video(ctx)
             if not isinstance(result, dict):
                 raise TypeError("video() must return a JSON object")
-        return VideoOutcome(body=result, usage=ctx.metering.usage, charge=ctx.metering.charge)
+        return VideoOutcome(
+            body=result, usage=ctx.metering.usage, charge=ctx.metering.charge, ttfb_ms=ctx.metering.ttfb_ms
+        )
 
     def _model(self, req: ActionRequest, pathway: str) -> ModelConfig:
         model = self.models.get(req.model_id)

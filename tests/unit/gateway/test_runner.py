@@ -510,13 +510,14 @@ async def test_image_fetch_without_job_is_422() -> None:
 class Video(Provider):
     async def video(self, ctx: Context) -> dict[str, Any]:
         ctx.metering.set_charge(ChargeDraft(amount_microcredits=7_000))
+        ctx.metering.ttfb_ms = 35
         return {"video_url": f"https://cdn.test/{ctx.input['prompt']}.mp4"}
 
 
 async def test_video_returns_the_provider_result_and_its_metered_charge() -> None:
     result = await runner_for(Video("video").model("vid")).video(request("vid", prompt="waves"))
     assert result.body == {"video_url": "https://cdn.test/waves.mp4"}
-    assert result.charge == ChargeDraft(amount_microcredits=7_000)
+    assert (result.charge, result.ttfb_ms) == (ChargeDraft(amount_microcredits=7_000), 35)
 
 
 def test_runner_refuses_models_of_another_provider() -> None:
