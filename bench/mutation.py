@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
 EXPLAINED = Path(__file__).with_name("mutation_survivors.toml")
+TEST_TIMEOUT_S = 30
 
 # mutmut's exit codes (mutmut/stats.py): a test run that fails is a kill.
 KILLED = {1: "killed", 3: "killed"}
@@ -128,7 +129,9 @@ def run(max_children: int, mutants: list[str]) -> None:
 def mutmut(max_children: int, mutants: list[str], *, backends: str) -> None:
     """One `mutmut run` on the given databases (named mutants are run again even if an earlier run judged them)."""
     command = Path(sys.executable).with_name("mutmut")
-    env = {**os.environ, "DOWNCITY_TEST_BACKENDS": backends}
+    # A mutant that hangs a test (a Ledger worker that never answers, say) fails that test after PYTEST_TIMEOUT
+    # seconds instead of waiting out mutmut's timeout for the whole test set; no unit test takes near that long.
+    env = {**os.environ, "DOWNCITY_TEST_BACKENDS": backends, "PYTEST_TIMEOUT": str(TEST_TIMEOUT_S)}
     subprocess.run([str(command), "run", "--max-children", str(max_children), *mutants], cwd=ROOT, env=env, check=False)
 
 

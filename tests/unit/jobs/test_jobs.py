@@ -223,9 +223,11 @@ async def test_job_pending_past_the_max_duration_fails_without_another_poll(jobs
     assert done is not None
     assert (done.status, done.error, done.message) == ("failed", "upstream timeout", "upstream timeout")
     polls = await jobs.polls(created)
+    # Polls every 100 ms until the 350 ms are up (fewer on a loaded machine), none once the job failed. (When a
+    # poll leaves just before the deadline, the upstream logs its arrival just after it: no timing window here.)
     assert 1 <= len(polls) <= 3
-    assert max(polls) < created.created_at_ms + 350
     assert done.finished_at_ms is not None and done.finished_at_ms >= created.created_at_ms + 350
+    assert max(polls) <= done.finished_at_ms
 
 
 async def test_polls_wait_for_the_providers_poll_after(jobs: Jobs) -> None:
