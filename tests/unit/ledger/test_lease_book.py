@@ -15,6 +15,7 @@ import pytest
 
 from downcity.ledger.leases import Lease, LeaseBook, LeasePolicy, SpendMeter, Ticket, lease_size
 from downcity.ledger.types import Balance, LeaseResult, LedgerEntry, SettleResult
+from downcity.settings import Settings
 
 HOLD = 500
 POLICY = LeasePolicy(enabled=True, window_s=2.0, min_calls=4, idle_s=10.0, recall_wait_s=5.0, ttl_s=120.0)
@@ -495,3 +496,50 @@ async def test_the_books_background_tasks_carry_names_a_task_dump_shows(ledger: 
         "lease-return",
     )
     await book.close()
+
+
+@pytest.mark.parametrize(
+    ("min_calls", "takes", "topped_up"), [(3, 1, False), (3, 2, False), (6, 3, False), (6, 4, True)]
+)
+async def test_a_top_up_starts_only_once_the_free_credit_is_below_half_the_target_rounded_down(
+    ledger: ScriptedLedger, clock: Clock, min_calls: int, takes: int, topped_up: bool
+) -> None:
+    # One-microcredit calls: a target of min_calls; with 3, half of it is 1 (free 1 is not below it); with 6,
+    # half is 3, reached at the fourth call (free 2) and not before.
+    policy = LeasePolicy(enabled=True, window_s=2.0, min_calls=min_calls, idle_s=10.0, recall_wait_s=5.0, ttl_s=120.0)
+    ledger.grant = min_calls
+    book = book_of(ledger, clock, policy)
+    for _ in range(takes):
+        assert await book.admit("alice", 1) is not None
+    assert (book.leases["alice"].top_up is not None) == topped_up
+
+
+async def test_a_top_up_of_one_microcredit_renews_the_lease(ledger: ScriptedLedger, clock: Clock) -> None:
+    policy = LeasePolicy(enabled=True, window_s=2.0, min_calls=4, idle_s=10.0, recall_wait_s=5.0, ttl_s=120.0)
+    book = book_of(ledger, clock, policy)
+    for _ in range(2):
+        await book.admit("alice", 1)
+    ledger.grant = 1
+    clock.now = START + 5.0
+    await book.admit("alice", 1)
+    lease = book.leases["alice"]
+    assert lease.top_up is not None
+    await lease.top_up
+    assert (lease.amount, lease.usable_until) == (5, START + 85.0)
+
+
+@pytest.mark.parametrize(
+    ("window_s", "min_calls", "enabled"), [(0.0, 4, False), (1.0, 4, True), (2.0, 0, False), (2.0, 1, True)]
+)
+def test_leases_are_on_only_with_a_window_and_a_minimum_of_calls(
+    window_s: float, min_calls: int, enabled: bool
+) -> None:
+    settings = Settings(leases=True, lease_window_s=window_s, lease_min_calls=min_calls, lease_recall_wait_s=7.5)
+    policy = LeasePolicy.from_settings(settings)
+    assert (policy.enabled, policy.recall_wait_s) == (enabled, 7.5)
+
+
+def test_a_spend_meter_shorter_than_a_second_still_has_a_rate() -> None:
+    meter = SpendMeter(0.5)
+    meter.add(1.0, 100)
+    assert meter.rate(1.0) == 200.0

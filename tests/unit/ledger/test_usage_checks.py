@@ -6,8 +6,16 @@ from typing import Any
 
 import pytest
 
+from downcity.accounts import MAX_ACCOUNT_ID_CHARS
 from downcity.errors import DowncityHTTPError
-from downcity.ledger.checks import check_amount, check_metadata, normalize_usage
+from downcity.ledger.checks import (
+    check_account,
+    check_amount,
+    check_metadata,
+    check_optional_text,
+    check_text,
+    normalize_usage,
+)
 
 ROW = {
     "request_id": "req_1",
@@ -148,3 +156,35 @@ def test_an_amount_takes_its_bounds() -> None:
         1,
         10**15,
     )
+
+
+def _refusal(check: Any, *args: Any) -> tuple[int, str, str | None]:
+    with pytest.raises(DowncityHTTPError) as refused:
+        check(*args)
+    return refused.value.status, refused.value.message, refused.value.field
+
+
+@pytest.mark.parametrize("value", ["", None, 7])
+def test_an_account_id_is_a_non_empty_string_naming_user_id(value: Any) -> None:
+    assert _refusal(check_account, value) == (422, "user_id must be a non-empty string", "user_id")
+
+
+def test_an_account_id_is_storable_and_at_most_its_length() -> None:
+    assert check_account("a" * MAX_ACCOUNT_ID_CHARS) == "a" * MAX_ACCOUNT_ID_CHARS
+    too_long = (422, f"user_id must be at most {MAX_ACCOUNT_ID_CHARS} characters", "user_id")
+    assert _refusal(check_account, "a" * (MAX_ACCOUNT_ID_CHARS + 1)) == too_long
+    assert _refusal(check_account, "a\x00b") == (422, "user_id must not contain NUL characters", "user_id")
+
+
+def test_a_key_is_a_non_empty_string_of_at_most_200_characters_naming_its_field() -> None:
+    assert check_text("k" * 200, "idempotency_key") == "k" * 200
+    too_long = (422, "idempotency_key must be at most 200 characters", "idempotency_key")
+    assert _refusal(check_text, "k" * 201, "idempotency_key") == too_long
+    assert _refusal(check_text, "k\x00", "ref") == (422, "ref must not contain NUL characters", "ref")
+
+
+def test_an_optional_text_is_none_or_a_storable_string_of_its_length() -> None:
+    assert (check_optional_text(None, "note"), check_optional_text("hi", "note", 2)) == (None, "hi")
+    assert _refusal(check_optional_text, 3, "note") == (422, "note must be a string", "note")
+    assert _refusal(check_optional_text, "hi!", "note", 2) == (422, "note must be at most 2 characters", "note")
+    assert check_optional_text("x" * 10_000, "note") == "x" * 10_000
