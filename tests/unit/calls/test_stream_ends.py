@@ -393,3 +393,23 @@ async def test_a_stream_renews_its_claim_each_time_a_third_of_the_lease_has_pass
     [row] = await app.usage_rows()
     renewed = (key_hash(CITY, "u1", "openai", "renewed-1"), row.request_id, CLAIM_LEASE_MS)
     assert renewals == [(1_000 + third_s, *renewed), (1_000 + 2 * third_s, *renewed)]
+
+
+async def test_a_claim_renewal_that_fails_does_not_fail_the_stream(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(1_000.0)
+    tried: list[str] = []
+
+    async def failing(store: ClaimStore, key: str, owner: str, lease_ms: int) -> bool:
+        tried.append(key)
+        raise RuntimeError("claims table unavailable")
+
+    monkeypatch.setattr(lifecycle, "time", clock)
+    monkeypatch.setattr(ClaimStore, "renew", failing)
+    app.events.script = (_content_event("part 0"), _content_event("part 1"), DONE_EVENT)
+    chunks = await app.chat(key="renew-fails-1")
+    await anext(chunks)
+    clock.now = 1_000 + CLAIM_LEASE_MS / 3 / 1000
+    streamed = await _read_all(chunks)
+
+    [row] = await app.usage_rows()
+    assert (len(tried), streamed.endswith(DONE_EVENT), row.status) == (1, True, "ok")
