@@ -8,12 +8,14 @@ an hour on two cores. Results persist in `mutants/`, so a stopped run resumes wh
 should kill (an equivalent mutant, say) is listed in `mutation_survivors.toml` with its reason.
 
     .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # both passes, then the report
+    .venv/bin/python bench/mutation.py recheck [--workers 2]                 # survivors against all their tests
     .venv/bin/python bench/mutation.py report [--survivors]                  # score per module from mutants/
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -27,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MUTANTS = ROOT / "mutants"
 EXPLAINED = Path(__file__).with_name("mutation_survivors.toml")
 TEST_TIMEOUT_S = 30
+# Survivors run again against every unit test of their package (mutmut runs only the tests its call-tracing
+# associated with the mutated function, and that association misses some): name -> pytest's exit code.
+RECHECKED = MUTANTS / "rechecked.json"
 
 # mutmut's exit codes (mutmut/stats.py): a test run that fails is a kill.
 KILLED = {1: "killed", 3: "killed"}
@@ -74,9 +79,11 @@ class ModuleScore:
 def read_scores() -> list[ModuleScore]:
     """Every mutated module's verdicts, from the `.meta` files mutmut leaves under `mutants/`."""
     scores = []
+    rechecked: dict[str, int] = json.loads(RECHECKED.read_text()) if RECHECKED.exists() else {}
     for meta in sorted(MUTANTS.rglob("*.py.meta")):
         path = str(meta.relative_to(MUTANTS))[: -len(".meta")]
         exit_codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+        exit_codes |= {name: code for name, code in rechecked.items() if name in exit_codes and code in KILLED}
         module = ModuleScore(path)
         for name, exit_code in sorted(exit_codes.items()):
             verdict = status_of(exit_code)
@@ -135,17 +142,50 @@ def mutmut(max_children: int, mutants: list[str], *, backends: str) -> None:
     subprocess.run([str(command), "run", "--max-children", str(max_children), *mutants], cwd=ROOT, env=env, check=False)
 
 
+def recheck(workers: int) -> None:
+    """Run every unexplained survivor against all unit tests of its package, on both databases; record kills."""
+    alive = [name.split(" ")[0] for module in read_scores() for name in module.survivors]
+    alive = [name for name in alive if name not in explained()]
+    env = {**os.environ, "DOWNCITY_TEST_BACKENDS": "sqlite,postgresql", "PYTEST_TIMEOUT": str(TEST_TIMEOUT_S)}
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:randomly", "-p", "no:cacheprovider"]
+
+    def run_one(name: str) -> tuple[str, int]:
+        package = name.split(".")[1]
+        tests = f"tests/unit/{package}"
+        done = subprocess.run(
+            [*pytest, tests], cwd=MUTANTS, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, check=False
+        )
+        return name, done.returncode
+
+    # Unmutated, every package's tests must pass, or a failure would count as a kill.
+    for package in sorted({name.split(".")[1] for name in alive}):
+        _, code = run_one(f"downcity.{package}.baseline")
+        if code != 0:
+            sys.exit(f"tests/unit/{package} fails without a mutant (exit {code}): fix that first")
+    rechecked: dict[str, int] = json.loads(RECHECKED.read_text()) if RECHECKED.exists() else {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for name, code in pool.map(run_one, [name for name in alive if name not in rechecked]):
+            rechecked[name] = code
+            RECHECKED.write_text(json.dumps(rechecked, indent=1))
+            print(f"{name}: {'killed' if code in KILLED else 'survived' if code == 0 else code}")
+    report(survivors=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="mutate the money modules and test every mutant")
     run_parser.add_argument("--max-children", type=int, default=2, help="parallel test workers (default 2)")
     run_parser.add_argument("mutants", nargs="*", help="only these mutants (names as `report --survivors` prints)")
+    recheck_parser = commands.add_parser("recheck", help="run each survivor against its package's unit tests")
+    recheck_parser.add_argument("--workers", type=int, default=2, help="survivors checked at once (default 2)")
     report_parser = commands.add_parser("report", help="the score per module from an earlier run")
     report_parser.add_argument("--survivors", action="store_true", help="list every surviving mutant")
     args = parser.parse_args()
     if args.command == "run":
         run(args.max_children, args.mutants)
+    elif args.command == "recheck":
+        recheck(args.workers)
     else:
         report(survivors=args.survivors)
 
