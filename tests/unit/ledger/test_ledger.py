@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiosqlite
-import asyncpg
 import pytest
 from sqlalchemy import func, select, text
 
@@ -490,42 +488,6 @@ async def test_a_second_writer_spending_the_balance_makes_the_first_refuse(
     assert await first.balance("alice") == Balance(user_id="alice", balance=200, held=0, available=200)
     assert await _entries_total(db, "alice") == 200
     assert await _count(db, holds) == 0
-
-
-@pytest.fixture
-def lose_commit_ack(monkeypatch: pytest.MonkeyPatch, backend: str) -> Callable[[], None]:
-    """Arms a fault: the next COMMIT reaches the database, then its acknowledgement is lost (an error)."""
-    armed = False
-
-    def arm() -> None:
-        nonlocal armed
-        armed = True
-
-    def lose_ack() -> None:
-        nonlocal armed
-        if armed:
-            armed = False
-            raise ConnectionResetError("the acknowledgement of COMMIT was lost")
-
-    if backend == "postgresql":
-        execute = asyncpg.connection.Connection.execute
-
-        async def execute_then_lose_ack(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-            result = await execute(self, query, *args, **kwargs)
-            if query.strip().rstrip(";").upper() == "COMMIT":
-                lose_ack()
-            return result
-
-        monkeypatch.setattr(asyncpg.connection.Connection, "execute", execute_then_lose_ack)
-    else:
-        commit = aiosqlite.Connection.commit
-
-        async def commit_then_lose_ack(self: aiosqlite.Connection) -> None:
-            await commit(self)
-            lose_ack()
-
-        monkeypatch.setattr(aiosqlite.Connection, "commit", commit_then_lose_ack)
-    return arm
 
 
 async def test_a_credit_whose_commit_ack_was_lost_is_not_erased_by_a_later_debit(
