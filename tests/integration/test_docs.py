@@ -127,11 +127,16 @@ class LocalFederation:
     async def _serve(self) -> None:
         from downcity.http.app import create_app
         from downcity.local import open_local_runtime
+        from downcity.quotas import QuotaBook
         from downcity.settings import Settings
+        from downcity.store.database import now_ms
         from examples.federation import federation
 
         settings = Settings(data_dir=self.data_dir, database_url=self.database_url, admin_key=ADMIN_KEY)
         runtime = await open_local_runtime(federation, settings)
+        # The page's quota windows hold still: a page that straddles a minute would see its budgets refilled.
+        assert isinstance(runtime.quotas, QuotaBook)
+        runtime.quotas.clock.freeze(now_ms())
         await runtime.env_store.set("DEEPSEEK_API_KEY", PROVIDER_KEY)
         port = int(self.url.rsplit(":", 1)[1])
         config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
