@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import TEST_ADMIN_KEY, listen_port, serve_port_base
 from tests.integration.conftest import ServedApp
 
-pytestmark = pytest.mark.ray
-
 BIN = Path(sys.executable).parent / "downcity"
 UP_DEADLINE_S = 120
+# `downcity up` starts a Ray cluster of its own: on a loaded 2-core machine that alone can take UP_DEADLINE_S.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(3 * UP_DEADLINE_S)]
 
 
 @dataclass

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from downcity.errors import DowncityHTTPError
 from downcity.ledger import Balance, HoldResult, Ledger
+from downcity.ledger import ledger as ledger_module
 from downcity.store import Database
 from downcity.store.schema import holds
 
@@ -31,6 +32,20 @@ async def two_ledgers(db: Database) -> AsyncIterator[tuple[Ledger, Ledger]]:
     yield pair
     for started in pair:
         await started.close()
+
+
+@pytest.fixture
+def loaded_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The kinds of ops in each batch the Ledger read from the database before deciding."""
+    batches: list[list[str]] = []
+    load_batch = ledger_module.load_batch
+
+    async def recording_load_batch(*args: Any) -> None:
+        batches.append([op.kind for op in args[3]])
+        await load_batch(*args)
+
+    monkeypatch.setattr(ledger_module, "load_batch", recording_load_batch)
+    return batches
 
 
 async def _hold_rows(db: Database) -> list[tuple[Any, ...]]:
@@ -99,3 +114,35 @@ async def test_a_hold_whose_release_lost_its_commit_ack_is_not_renewed_back_to_h
     assert ((lost.value.status, lost.value.type), renewed) == ((503, "ledger_unavailable"), [])
     assert await _hold_rows(db) == [("call-1", "alice", 3_000, "released")]
     assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_001, held=0, available=10_001)
+
+
+async def test_ops_on_accounts_and_keys_the_ledger_knows_load_nothing_on_postgresql(
+    ledger: Ledger, db: Database, loaded_batches: list[list[str]]
+) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.credit("top-up-2", "bob", 1_000)
+    assert loaded_batches == [["credit"], ["credit"]]
+    loaded_batches.clear()
+
+    await ledger.reserve("call-1", "alice", 500)
+    await ledger.settle("call-1", "alice", 300)
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.debit("debit-1", "bob", 100)
+    await ledger.release("call-1", user_id="alice")
+
+    # PostgreSQL decides from memory and writes in one trip; SQLite always loads.
+    one_trip = db.dialect == "postgresql"
+    assert loaded_batches == ([] if one_trip else [["reserve"], ["settle"], ["credit"], ["debit"], ["release"]])
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=9_700, held=0, available=9_700)
+    assert await ledger.balance("bob") == Balance(user_id="bob", balance=900, held=0, available=900)
+
+
+async def test_a_sweep_and_an_account_not_yet_seen_load_on_every_database(
+    ledger: Ledger, db: Database, loaded_batches: list[list[str]]
+) -> None:
+    await ledger.credit("top-up-1", "alice", 10_000)
+    await ledger.sweep_expired_holds()
+    await ledger.credit("top-up-2", "bob", 1_000)
+    await ledger.credit("top-up-3", "bob", 1_000)
+    then = [] if db.dialect == "postgresql" else [["credit"]]
+    assert loaded_batches == [["credit"], ["sweep"], ["credit"], *then]
