@@ -28,6 +28,9 @@ def throughput_mode_env(port_base: int = DEFAULT_PORT_BASE) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port_base + 299),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(port_base + 300),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(port_base + 599),
+        # Serve kills a proxy not ready within this (5 s by default), and `serve.start` then fails instead of
+        # waiting for its restart; starting HAProxy on a busy two-core node has taken longer than that.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     }
 
 
