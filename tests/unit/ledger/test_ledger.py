@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -673,3 +674,29 @@ async def test_sharded_release_needs_the_user_to_find_the_shard(db: Database) ->
     assert (refused.value.status, refused.value.field) == (422, "user_id")
     assert released is not None
     assert released.status == "released"
+
+
+async def test_a_settle_warns_only_when_it_charged_less_than_requested(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    await ledger.reserve("call-1", "alice", 500)
+    await ledger.reserve("call-2", "alice", 500)
+
+    with caplog.at_level(logging.WARNING, logger="downcity.ledger.ops"):
+        whole = await ledger.settle("call-1", "alice", 300)
+        nothing = await ledger.settle("call-3", "alice", 0)
+        capped = await ledger.settle("call-2", "alice", 5_000)
+        unfunded = await ledger.settle("call-4", "bob", 300)
+        await ledger.settle("call-2", "alice", 5_000)
+
+    assert [r.entry.amount_microcredits if r.entry else None for r in (whole, nothing, capped, unfunded)] == [
+        300,
+        None,
+        500,
+        None,
+    ]
+    assert caplog.messages == [
+        "settle 'call-2' charged 500 of the 5000 microcredits requested",
+        "settle 'call-4' charged 0 of the 300 microcredits requested",
+    ]

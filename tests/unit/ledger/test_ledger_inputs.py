@@ -165,3 +165,16 @@ async def test_a_lease_accepts_a_minimum_of_zero(ledger: Ledger) -> None:
     lease = await ledger.lease("lease:r1:0", "alice", "r1", 1_000, 0)
     assert (lease.granted_microcredits, lease.amount_microcredits, lease.status) == (1_000, 1_000, "held")
     assert await ledger.balance("alice") == Balance(user_id="alice", balance=10_000, held=1_000, available=9_000)
+
+
+async def test_a_settles_ref_is_at_most_200_characters(ledger: Ledger) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    await ledger.reserve("call-1", "alice", 500)
+    await ledger.reserve("call-2", "alice", 500)
+
+    refusal = await _refusal(ledger.settle("call-1", "alice", 300, ref="r" * 201))
+    settled = await ledger.settle("call-2", "alice", 300, ref="r" * 200)
+
+    assert refusal == (422, "invalid_request", "ref must be at most 200 characters", "ref")
+    assert settled.entry is not None and settled.entry.ref == "r" * 200
+    assert await ledger.balance("alice") == Balance(user_id="alice", balance=700, held=500, available=200)

@@ -113,3 +113,23 @@ async def test_an_owed_settle_without_a_lease_stores_no_share(db: Database) -> N
 
     assert [(owed.lease, owed.lease_hold) for owed in await outbox.pending()] == [(None, 0)]
     assert await _lease_holds(db) == {"call:1": None}
+
+
+async def test_a_drained_settle_keeps_its_ref_note_and_metadata(db: Database) -> None:
+    ledger = await _funded_ledger(db)
+    pending = PendingSettle(
+        "call:1", "alice", 300, ref="req-1", note="3 images", metadata={"model": "pic"}, usage=_usage("call:1")
+    )
+    await Outbox(db).put(pending)
+
+    await Outbox(db).drain(ledger, ledger.owns)
+
+    [charge, _] = await ledger.history("alice")
+    await ledger.close()
+    assert (charge.idempotency_key, charge.amount_microcredits, charge.ref, charge.note, charge.metadata) == (
+        "call:1",
+        300,
+        "req-1",
+        "3 images",
+        {"model": "pic"},
+    )
