@@ -700,3 +700,70 @@ async def test_a_settle_warns_only_when_it_charged_less_than_requested(
         "settle 'call-2' charged 500 of the 5000 microcredits requested",
         "settle 'call-4' charged 0 of the 300 microcredits requested",
     ]
+
+
+CONFLICT = "idempotency key 'k' was already used with a different amount, kind or user"
+REUSED = "idempotency key 'k': this key was already used by a finished call"
+Step = tuple[str, str, int]
+
+
+@pytest.mark.parametrize(
+    ("before", "again", "refusal"),
+    [
+        ([("reserve", "alice", 500)], ("reserve", "alice", 400), CONFLICT),
+        ([("reserve", "alice", 500), ("settle", "alice", 300)], ("reserve", "alice", 500), REUSED),
+        ([("settle", "alice", 300)], ("reserve", "alice", 300), REUSED),
+        ([("credit", "alice", 300)], ("reserve", "alice", 300), CONFLICT),
+        ([("settle", "alice", 300)], ("settle", "alice", 200), CONFLICT),
+        ([("reserve", "alice", 500)], ("settle", "bob", 300), CONFLICT),
+        ([("settle", "bob", 300)], ("settle", "bob", 200), CONFLICT),
+    ],
+    ids=[
+        "reserve-another-amount",
+        "reserve-a-settled-hold",
+        "reserve-a-charge",
+        "reserve-a-credit",
+        "settle-another-amount",
+        "settle-another-users-hold",
+        "settle-a-marker-another-amount",
+    ],
+)
+async def test_a_key_used_otherwise_is_refused_naming_it(
+    ledger: Ledger, before: list[Step], again: Step, refusal: str
+) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    for method, user_id, amount in before:
+        await getattr(ledger, method)("k", user_id, amount)
+    balance = await ledger.balance("alice")
+
+    method, user_id, amount = again
+    with pytest.raises(DowncityHTTPError) as refused:
+        await getattr(ledger, method)("k", user_id, amount)
+
+    kind = "idempotency_key_reused" if refusal == REUSED else "idempotency_conflict"
+    assert (refused.value.status, refused.value.type, refused.value.message) == (409, kind, refusal)
+    assert await ledger.balance("alice") == balance
+
+
+async def test_a_settle_cut_to_nothing_accepts_its_replay_at_zero(ledger: Ledger) -> None:
+    cut = await ledger.settle("k", "bob", 300)
+
+    replay = await ledger.settle("k", "bob", 0)
+
+    assert (cut.entry, cut.requested_microcredits) == (None, 300)
+    assert (replay.entry, replay.requested_microcredits) == (None, 0)
+
+
+async def test_a_charge_stores_what_was_requested_only_when_it_was_cut(ledger: Ledger, db: Database) -> None:
+    await ledger.credit("top-up-1", "alice", 1_000)
+    await ledger.reserve("call-1", "alice", 500)
+    await ledger.reserve("call-2", "alice", 500)
+
+    await ledger.settle("call-1", "alice", 1)
+    await ledger.settle("call-2", "alice", 800)
+
+    charges = await _rows(db, ledger_entries, kind="charge")
+    assert sorted((row.idempotency_key, row.amount_microcredits, row.requested_microcredits) for row in charges) == [
+        ("call-1", 1, None),
+        ("call-2", 500, 800),
+    ]
