@@ -745,13 +745,16 @@ async def test_a_key_used_otherwise_is_refused_naming_it(
     assert await ledger.balance("alice") == balance
 
 
-async def test_a_settle_cut_to_nothing_accepts_its_replay_at_zero(ledger: Ledger) -> None:
-    cut = await ledger.settle("k", "bob", 300)
-
-    replay = await ledger.settle("k", "bob", 0)
+async def test_a_settle_cut_to_nothing_accepts_its_replays_without_warning_again(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="downcity.ledger.ops"):
+        cut = await ledger.settle("k", "bob", 300)
+        replays = [await ledger.settle("k", "bob", 300), await ledger.settle("k", "bob", 0)]
 
     assert (cut.entry, cut.requested_microcredits) == (None, 300)
-    assert (replay.entry, replay.requested_microcredits) == (None, 0)
+    assert [(replay.entry, replay.requested_microcredits) for replay in replays] == [(None, 300), (None, 0)]
+    assert caplog.messages == ["settle 'k' charged 0 of the 300 microcredits requested"]
 
 
 async def test_a_charge_stores_what_was_requested_only_when_it_was_cut(ledger: Ledger, db: Database) -> None:

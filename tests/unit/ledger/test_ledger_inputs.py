@@ -178,3 +178,9 @@ async def test_a_settles_ref_is_at_most_200_characters(ledger: Ledger) -> None:
     assert refusal == (422, "invalid_request", "ref must be at most 200 characters", "ref")
     assert settled.entry is not None and settled.entry.ref == "r" * 200
     assert await ledger.balance("alice") == Balance(user_id="alice", balance=700, held=500, available=200)
+
+
+async def test_a_settles_lease_must_be_a_key(ledger: Ledger) -> None:
+    refusal = await _refusal(ledger.settle("call-1", "alice", 300, lease=""))
+
+    assert refusal == (422, "invalid_request", "lease must be a non-empty string", "lease")
