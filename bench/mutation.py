@@ -3,9 +3,11 @@
 `mutmut` (configured under `[tool.mutmut]` in pyproject.toml) copies `downcity/` into `mutants/`, mutates the money
 modules listed there and runs the unit tests (no Ray) that reach each mutated function. Two passes: every mutant
 against the SQLite half of the database tests, then the mutants that pass lets live (or that no SQLite test reaches,
-such as PostgreSQL's one-trip commit) again against SQLite and PostgreSQL. Not part of CI: the whole run takes about
-an hour on two cores. Results persist in `mutants/`, so a stopped run resumes where it left off. A survivor no test
-should kill (an equivalent mutant, say) is listed in `mutation_survivors.toml` with its reason.
+such as PostgreSQL's one-trip commit) again against SQLite and PostgreSQL. Not part of CI: the first pass alone takes
+about 2.5 hours on two cores with nothing else running (mutants of the Ledger's hot functions each run nearly
+every ledger test); a test suite beside it slows it tenfold. Results persist in `mutants/`, so a stopped run
+resumes where it left off. A survivor no test should kill (an equivalent mutant, say) is listed in
+`mutation_survivors.toml` with its reason.
 
     .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # both passes, then the report
     .venv/bin/python bench/mutation.py recheck [--workers 2]                 # survivors against all their tests
