@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from downcity.errors import DowncityHTTPError
 from downcity.ledger import Balance, HoldResult, Ledger
 from downcity.ledger import ledger as ledger_module
+from downcity.ledger.ops import BatchState, Op
 from downcity.store import Database
 from downcity.store.schema import holds
 
@@ -40,9 +42,11 @@ def loaded_batches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     batches: list[list[str]] = []
     load_batch = ledger_module.load_batch
 
-    async def recording_load_batch(*args: Any) -> None:
-        batches.append([op.kind for op in args[3]])
-        await load_batch(*args)
+    async def recording_load_batch(
+        db: Database, conn: AsyncConnection, state: BatchState, ops: list[Op], owns: Callable[[str], bool]
+    ) -> None:
+        batches.append([op.kind for op in ops])
+        await load_batch(db, conn, state, ops, owns)
 
     monkeypatch.setattr(ledger_module, "load_batch", recording_load_batch)
     return batches
