@@ -4,7 +4,7 @@ import asyncio
 import concurrent.futures
 import logging
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from ray.serve import Application
@@ -34,6 +34,9 @@ class AppArgs(BaseModel):
     ledger_shards: int = Field(default=1, ge=1, le=64)
     leases: bool = Field(default=False, description="admit calls on per-replica credit leases (billing.md)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    provider_hop: Literal["relay", "handle"] = Field(
+        default="relay", description="how the ingress reaches provider replicas: their byte relay, or handle calls"
+    )
     provider_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray resources each provider replica requests; empty: any node"
     )
@@ -62,6 +65,7 @@ class AppArgs(BaseModel):
             "database_url": self.database_url or Settings.from_env().database_url,
             "ledger_shards": self.ledger_shards,
             "leases": self.leases,
+            "provider_hop": self.provider_hop,
             "max_body_bytes": self.max_body_bytes,
             "ready_requires_env": list(self.ready_requires_env),
         }

@@ -1,4 +1,5 @@
-"""The provider gateway over Serve `DeploymentHandle`s, one per provider deployment."""
+"""The provider gateway over Serve `DeploymentHandle`s, one per provider deployment: handle calls, or the byte
+relay (`downcity.gateway.relay`) to a replica the handle's router picks."""
 
 from __future__ import annotations
 
@@ -10,9 +11,20 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
+from downcity.gateway.relay import Endpoint, EndpointPicker, RelayClient
+from downcity.secrets import MasterKey
 from downcity.types import ImageJobResult
 
 T = TypeVar("T")
+
+# What a provider replica publishes through Serve's `record_replica_metadata` hook: its relay's host and port.
+RELAY_METADATA = "relay"
+RELAY_PURPOSE = "provider relay"
+
+
+def relay_token(master_key: MasterKey) -> str:
+    """The token the ingress and the provider replicas share for the relay, derived from the master key."""
+    return master_key.derive(RELAY_PURPOSE)
 
 
 def unwrap(error: BaseException) -> BaseException:
@@ -27,6 +39,13 @@ def unwrap(error: BaseException) -> BaseException:
             error.status, error.type, error.message, error.field, headers=error.headers, detail=error.detail
         )
     return DowncityHTTPError(502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}")
+
+
+def _handle_of(handles: dict[str, DeploymentHandle[Any]], provider_id: str) -> DeploymentHandle[Any]:
+    try:
+        return handles[provider_id]
+    except KeyError:
+        raise DowncityHTTPError(503, "provider_unavailable", f"no deployment for provider {provider_id!r}") from None
 
 
 async def _call(response: Awaitable[T]) -> T:
@@ -49,12 +68,7 @@ class RayGateway:
         self.streaming = {pid: handle.options(stream=True) for pid, handle in self.handles.items()}
 
     def _handle(self, provider_id: str) -> DeploymentHandle[Any]:
-        try:
-            return self.handles[provider_id]
-        except KeyError:
-            raise DowncityHTTPError(
-                503, "provider_unavailable", f"no deployment for provider {provider_id!r}"
-            ) from None
+        return _handle_of(self.handles, provider_id)
 
     async def text(self, provider_id: str, req: ActionRequest) -> TextOutcome:
         """Run the provider's text action on its deployment."""
@@ -99,3 +113,29 @@ class RayGateway:
     async def video(self, provider_id: str, req: ActionRequest) -> VideoOutcome:
         """Run the provider's video action."""
         return await _call(self._handle(provider_id).video.remote(req))
+
+
+def router_picker(handles: dict[str, DeploymentHandle[Any]]) -> EndpointPicker:
+    """Picks each call's replica with the provider handle's request router, and reads its relay endpoint.
+
+    `choose_replica` is public in Ray Serve 2.60; `_reserve=False` (private, as Ray Serve LLM's byte relay passes
+    it) skips reserving a slot on the replica, an actor call of its own that would cost what the relay saves.
+    """
+
+    async def pick(provider_id: str) -> Endpoint:
+        handle = _handle_of(handles, provider_id)
+        async with handle.choose_replica(_reserve=False) as selection:
+            endpoint = selection.replica_metadata.get(RELAY_METADATA)
+        if endpoint is None:
+            raise DowncityHTTPError(
+                503, "provider_unavailable", f"replica {selection.replica_id} of provider {provider_id!r} has no relay"
+            )
+        host, port = endpoint
+        return str(host), int(port)
+
+    return pick
+
+
+def relay_gateway(handles: dict[str, DeploymentHandle[Any]], master_key: MasterKey) -> RelayClient:
+    """The byte relay to the provider deployments behind `handles`."""
+    return RelayClient(router_picker(handles), relay_token(master_key))

@@ -11,14 +11,16 @@ from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
 from actors.cli.status import report, snapshot
-from actors.gateway import RayGateway
+from actors.gateway import RayGateway, relay_gateway
 from actors.jobs import JobManagerActor, JobManagerClient, get_job_manager
 from actors.ledger import LedgerClient, get_ledger
 from actors.metrics import ray_metrics
 from actors.quotas import get_quotas
+from downcity.gateway.ports import ProviderGateway
 from downcity.http.app import create_app
 from downcity.readiness import NotReady, Readiness, ReadinessCheck
 from downcity.runtime import Runtime, load_federation
+from downcity.secrets import MasterKey
 from downcity.settings import Settings
 
 INGRESS_MAX_ONGOING_REQUESTS = 1024
@@ -42,10 +44,15 @@ class Ingress:
         context = serve.get_replica_context()
         app_name = context.app_name
         manager = get_job_manager(federation, settings, app_name=app_name, resources=control_resources)
+        gateway: ProviderGateway = (
+            RayGateway(providers)
+            if resolved.provider_hop == "handle"
+            else relay_gateway(providers, MasterKey.load(resolved))
+        )
         self._runtime = await Runtime.open(
             load_federation(federation),
             resolved,
-            gateway=RayGateway(providers),
+            gateway=gateway,
             ledger=ledger,
             jobs=JobManagerClient(manager),
             metrics=ray_metrics(),

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 
+from actors.gateway import RELAY_METADATA, relay_token
 from actors.metrics import ray_metrics
 from downcity.env import EnvCache, EnvStore
 from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
+from downcity.gateway.relay import RelayServer
 from downcity.gateway.resilience import CLOSED
 from downcity.gateway.runner import ProviderRunner
 from downcity.readiness import missing_env
@@ -31,7 +34,7 @@ PROVIDER_MAX_ONGOING_REQUESTS = 256
     logging_config={"enable_access_log": False},
 )
 class ProviderDeployment:
-    """Runs one provider's actions for the ingress."""
+    """Runs one provider's actions for the ingress: by handle call, or on its relay port (`gateway.relay`)."""
 
     # Serve awaits async constructors; mypy only knows sync ones.
     async def __init__(self, federation: str, provider_id: str, settings: dict[str, Any]) -> None:  # type: ignore[misc]
@@ -39,8 +42,9 @@ class ProviderDeployment:
         provider = loaded.providers[provider_id]
         models = {model_id: m for model_id, m in loaded.models.items() if m.provider.id == provider_id}
         resolved = Settings.with_env_secrets(settings)
+        master_key = MasterKey.load(resolved)
         self._db = Database(resolved.resolved_database_url, pool_size=2)
-        self._env = EnvCache(EnvStore(self._db, MasterKey.load(resolved)))
+        self._env = EnvCache(EnvStore(self._db, master_key))
         await self._env.refresh()
         await self._env.start()
         # This replica holds its provider's keys: no log line it writes may carry one.
@@ -54,6 +58,12 @@ class ProviderDeployment:
         )
         for scope in self._runner.upstream.scopes():
             metrics.breaker_changed(provider_id, scope, CLOSED)
+        self._relay = RelayServer(self._runner, relay_token(master_key))
+        self._relay_endpoint = (ray.util.get_node_ip_address(), await self._relay.start())  # type: ignore[no-untyped-call]
+
+    def record_replica_metadata(self) -> dict[str, Any]:
+        """Serve's hook for what routers learn of this replica once, when it is ready: where its relay listens."""
+        return {RELAY_METADATA: list(self._relay_endpoint)}
 
     async def text(self, req: ActionRequest) -> TextOutcome:
         """The provider's text action."""

@@ -5,8 +5,9 @@ PostgreSQL server on 127.0.0.1:5432). Everything runs on this machine in one run
 optimized HAProxy mode, and every figure is printed next to its ratio to the no-op Serve deployment.
 
 Targets: the demo upstream direct, the no-op Serve floor, then `/v1/ai/text`, `/v1/ai/stream` and
-`/v1/ai/chat/completions` (plain and streaming), each on two Downcity apps side by side: one admitting every
-call on its own hold (`per-call`) and one on credit leases (`leases`). Each is measured at `--connections`
+`/v1/ai/chat/completions` (plain and streaming), each on three Downcity apps side by side: one admitting every
+call on its own hold (`per-call`), one on credit leases (`leases`), both reaching the provider replicas over the
+byte relay, and one on leases over Serve handle calls (`leases, handle hop`). Each is measured at `--connections`
 and at one connection. Every figure comes with the non-2xx count of its runs and the ledger rows they wrote
 (charge entries and usage rows, per request); a run with any non-2xx response is marked INVALID.
 """
@@ -28,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from actors.serving import apply_throughput_mode, free_port
 
@@ -292,10 +294,19 @@ class Bench:
     data_dir: str
 
 
+# The Downcity apps side by side: (app name, route prefix, credit leases, provider hop).
+APPS: tuple[tuple[str, str, bool, Literal["relay", "handle"]], ...] = (
+    ("downcity", "/", False, "relay"),
+    ("downcity-leases", "/leases", True, "relay"),
+    ("downcity-handle", "/handle", True, "handle"),
+)
+MODES = (("per-call", ""), ("leases", "/leases"), ("leases, handle hop", "/handle"))
+
+
 @contextlib.contextmanager
 def running() -> Iterator[Bench]:
     """The demo upstream, a fresh PostgreSQL database and a local Ray cluster serving the no-op deployment and
-    both Downcity apps (per-call at `/`, leases at `/leases`), with a seeded user; all torn down on exit."""
+    the Downcity apps of `APPS`, with a seeded user; all torn down on exit."""
     demo_port, http_port = free_port(), free_port()
     demo = subprocess.Popen(
         [sys.executable, "-m", "downcity.demo", "--port", str(demo_port)], stdout=subprocess.PIPE, text=True
@@ -310,12 +321,13 @@ def running() -> Iterator[Bench]:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         serve.run(Noop.bind(), name="noop", route_prefix="/noop")
         database_url = f"{PG}/{database}"
-        for name, prefix, leases in (("downcity", "/", False), ("downcity-leases", "/leases", True)):
+        for name, prefix, leases, hop in APPS:
             app_args = AppArgs(
                 federation="downcity.demo.federation:federation",
                 database_url=database_url,
                 data_dir=data_dir,
                 leases=leases,
+                provider_hop=hop,
             )
             serve.run(build(app_args), name=name, route_prefix=prefix)
         url = f"http://127.0.0.1:{http_port}"
@@ -349,7 +361,7 @@ def main() -> None:
             Target("no-op Serve deployment", f"{bench.url}/noop/", {}, {}),
             *(
                 Target(f"{mode} {name}", f"{bench.url}{prefix}{path}", body, bench.user)
-                for mode, prefix in (("per-call", ""), ("leases", "/leases"))
+                for mode, prefix in MODES
                 for name, path, body in ROUTES
             ),
             quota_target(bench.url),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -129,6 +131,11 @@ class MasterKey:
             return cls(_decode_key(path.read_text(encoding="ascii")))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"master key file {path} is malformed: {exc}") from None
+
+    def derive(self, purpose: str) -> str:
+        """A secret for `purpose` (hex HMAC-SHA256 of it under this key): every process holding the key derives the
+        same one, and it reveals nothing of the key (the provider relay's token is one)."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).hexdigest()
 
     def encoded(self) -> str:
         """The key as `DOWNCITY_MASTER_KEY` or the key file spell it, so the scrubber can find it in text."""

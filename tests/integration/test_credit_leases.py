@@ -1,7 +1,9 @@
 """Credit leases on the real local Ray cluster: two ingress replicas admitting billed calls over HTTP.
 
 A copy of the example Federation is deployed beside the session's app with two ingress replicas, once with leases
-on and once with every call on its own hold; both share the session's Ledger actor and PostgreSQL database.
+on and once with every call on its own hold; both share the session's Ledger actor and PostgreSQL database. The
+leased app reaches its provider replicas over the byte relay (the default, as the session's app does), the
+per-call one over Serve handle calls, so each money test here holds on both provider hops.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class LeaseApp:
 
     url: str
     leases: bool
+    hop: str
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["leases", "per-call-holds"])
@@ -53,7 +56,8 @@ def lease_app(
     request: pytest.FixtureRequest, served: ServedApp, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LeaseApp]:
     leases = bool(request.param)
-    settings = {"lease_idle_s": IDLE_S}
+    hop = "relay" if leases else "handle"
+    settings = {"lease_idle_s": IDLE_S, "provider_hop": hop}
     data_dir = str(tmp_path_factory.mktemp("leases"))
     deploy_beside(
         FEDERATION,
@@ -65,7 +69,7 @@ def lease_app(
         leases=leases,
         settings=settings,
     )
-    yield LeaseApp(served.url + PREFIX, leases)
+    yield LeaseApp(served.url + PREFIX, leases, hop)
     serve.delete(APP)
 
 
@@ -145,6 +149,35 @@ async def test_a_balance_too_small_for_a_lease_is_admitted_call_by_call(lease_ap
             assert (await conn.execute(query)).scalar_one() == 3
     finally:
         await db.dispose()
+
+
+async def test_streams_are_charged_exactly_on_either_provider_hop(lease_app: LeaseApp, served: ServedApp) -> None:
+    city_id, user_id, token = await served.new_user(credit=10 * FLAT)
+    account = f"{city_id}/{user_id}"
+    headers = {"Authorization": f"Bearer {token}"}
+    db = Database(served.database_url)
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            for path, body in (
+                ("/v1/ai/stream", {"model": "deepseek-flat", "prompt": "one two"}),
+                ("/v1/ai/chat/completions", {"model": "deepseek-flat", "stream": True, "messages": [_HELLO]}),
+            ):
+                answer = await client.post(f"{lease_app.url}{path}", json=body, headers=headers)
+                assert answer.status_code == 200, answer.text
+                assert answer.text.rstrip().endswith("data: [DONE]"), (lease_app.hop, path, answer.text[-200:])
+        assert await _charged(db, account) == (2, 2 * FLAT)
+
+        def settled(state: tuple[list[Any], tuple[int, int]]) -> bool:
+            return state[1][0] == 8 * FLAT and not any(lease.status == "held" for lease in state[0])
+
+        # A leased app's unspent lease goes back once its replicas are idle: then nothing is held.
+        _, balance = await eventually(lambda: _leases_and_account(db, account), settled)
+        assert balance == (8 * FLAT, 0)
+    finally:
+        await db.dispose()
+
+
+_HELLO = {"role": "user", "content": "hello"}
 
 
 @pytest.mark.parametrize("lease_app", [True], ids=["leases"], indirect=True)

@@ -126,3 +126,13 @@ def test_malformed_key_file_error_names_the_file(tmp_path: Path) -> None:
 def test_a_key_must_be_32_bytes() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         MasterKey(b"x" * 16)
+
+
+def test_a_derived_secret_is_the_same_for_every_holder_of_the_key_and_differs_by_purpose() -> None:
+    key = MasterKey(b"k" * 32)
+    token = key.derive("provider relay")
+    assert token == MasterKey(b"k" * 32).derive("provider relay")
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert token != key.derive("something else")
+    assert token != MasterKey(b"j" * 32).derive("provider relay")
+    assert key.encoded() not in token
