@@ -136,7 +136,11 @@ async def test_a_reserve_refused_while_credit_is_leased_recalls_the_lease(ledger
     await ledger.reserve("call:a", "alice", 1_000)
     with pytest.raises(DowncityHTTPError) as refused:
         await ledger.reserve("call:b", "alice", PRICE)
-    assert (refused.value.status, refused.value.type) == (402, "credit_leased")
+    assert (refused.value.status, refused.value.type, refused.value.message) == (
+        402,
+        "credit_leased",
+        f"available balance is below the reservation of {PRICE} microcredits; leases recalled",
+    )
     settled = await ledger.settle("call:c", "alice", PRICE, lease="lease:r1:0", lease_hold=PRICE)
     assert settled.lease_recalled
     blocked = await ledger.lease("lease:r2:0", "alice", "r2", 500, 500)
