@@ -34,8 +34,8 @@ class AppArgs(BaseModel):
     ledger_shards: int = Field(default=1, ge=1, le=64)
     leases: bool = Field(default=False, description="admit calls on per-replica credit leases (billing.md)")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    provider_hop: Literal["relay", "handle"] = Field(
-        default="relay", description="how the ingress reaches provider replicas: their byte relay, or handle calls"
+    provider_hop: Literal["handle", "relay"] = Field(
+        default="handle", description="how the ingress reaches provider replicas: handle calls, or their byte relay"
     )
     provider_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray resources each provider replica requests; empty: any node"

@@ -58,12 +58,16 @@ class ProviderDeployment:
         )
         for scope in self._runner.upstream.scopes():
             metrics.breaker_changed(provider_id, scope, CLOSED)
-        self._relay = RelayServer(self._runner, relay_token(master_key))
-        self._relay_endpoint = (ray.util.get_node_ip_address(), await self._relay.start())  # type: ignore[no-untyped-call]
+        self._metadata: dict[str, Any] = {}
+        self._relay: RelayServer | None = None
+        if resolved.provider_hop == "relay":
+            self._relay = RelayServer(self._runner, relay_token(master_key))
+            port = await self._relay.start()
+            self._metadata[RELAY_METADATA] = [ray.util.get_node_ip_address(), port]  # type: ignore[no-untyped-call]
 
     def record_replica_metadata(self) -> dict[str, Any]:
         """Serve's hook for what routers learn of this replica once, when it is ready: where its relay listens."""
-        return {RELAY_METADATA: list(self._relay_endpoint)}
+        return self._metadata
 
     async def text(self, req: ActionRequest) -> TextOutcome:
         """The provider's text action."""

@@ -71,8 +71,9 @@ class Settings:
     lease_max_fraction: float = DEFAULT_LEASE_MAX_FRACTION
     lease_idle_s: float = DEFAULT_LEASE_IDLE_S
     lease_recall_wait_s: float = DEFAULT_LEASE_RECALL_WAIT_S
-    # How the ingress reaches provider replicas on Ray: "relay" (bytes to each replica's relay port) or "handle".
-    provider_hop: str = "relay"
+    # How the ingress reaches provider replicas on Ray: "handle" (Serve handle calls) or "relay" (bytes to each
+    # replica's relay port; docs/operators/scaling.md).
+    provider_hop: str = "handle"
     # Provider keys `/ready` waits for, e.g. the demo key `downcity up --demo` seeds last.
     ready_requires_env: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)

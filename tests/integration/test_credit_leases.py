@@ -2,8 +2,8 @@
 
 A copy of the example Federation is deployed beside the session's app with two ingress replicas, once with leases
 on and once with every call on its own hold; both share the session's Ledger actor and PostgreSQL database. The
-leased app reaches its provider replicas over the byte relay (the default, as the session's app does), the
-per-call one over Serve handle calls, so each money test here holds on both provider hops.
+leased app reaches its provider replicas over the byte relay (`provider_hop: relay`), the per-call one over Serve
+handle calls (the default), so each money test here holds on both provider hops.
 """
 
 from __future__ import annotations
@@ -14,16 +14,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import ray
 from ray import serve
 from sqlalchemy import func, select
 
+from actors.gateway import relay_token, router_picker
 from actors.ledger import get_ledger
+from downcity.ai.context import CityInfo, UserInfo
+from downcity.errors import DowncityHTTPError
+from downcity.gateway.actions import ActionRequest
+from downcity.gateway.relay import TOKEN_HEADER, RelayClient
+from downcity.secrets import MasterKey
+from downcity.settings import Settings
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import balances, holds, ledger_entries
+from tests.conftest import TEST_MASTER_KEY
 from tests.integration.conftest import ServedApp, deploy_beside, eventually
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -178,6 +187,37 @@ async def test_streams_are_charged_exactly_on_either_provider_hop(lease_app: Lea
 
 
 _HELLO = {"role": "user", "content": "hello"}
+
+
+def _reverse(prompt: str) -> ActionRequest:
+    return ActionRequest(
+        request_id="relay-test",
+        pathway="text",
+        model_id="reverse",
+        input={"prompt": prompt},
+        user=UserInfo(user_id="u-relay"),
+        city=CityInfo(city_id="c-relay"),
+    )
+
+
+@pytest.mark.parametrize("lease_app", [True], ids=["leases"], indirect=True)
+async def test_a_relay_replica_picked_by_the_router_runs_actions_for_the_token_holder_only(lease_app: LeaseApp) -> None:
+    assert lease_app.hop == "relay"
+    pick = router_picker({"local-tools": serve.get_deployment_handle("provider-local-tools", app_name=APP)})
+    host, port = await pick("local-tools")
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {TOKEN_HEADER: "not the token"}):
+            async with session.post(f"http://{host}:{port}/text", data=b"not a pickle", headers=headers) as answer:
+                assert answer.status == 401
+    client = RelayClient(pick, relay_token(MasterKey.load(Settings(master_key=TEST_MASTER_KEY))))
+    try:
+        outcome = await client.text("local-tools", _reverse("abc"))
+        assert outcome.output.parts[0].model_dump()["text"] == "cba"
+        with pytest.raises(DowncityHTTPError) as unknown:
+            await client.text("nobody", _reverse("abc"))
+        assert (unknown.value.status, unknown.value.message) == (503, "no deployment for provider 'nobody'")
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize("lease_app", [True], ids=["leases"], indirect=True)
