@@ -6,12 +6,15 @@ against the SQLite half of the database tests, then the mutants that pass lets l
 such as PostgreSQL's one-trip commit) again against SQLite and PostgreSQL. Not part of CI: the first pass alone takes
 about 2.5 hours on two cores with nothing else running (mutants of the Ledger's hot functions each run nearly
 every ledger test); a test suite beside it slows it tenfold. Results persist in `mutants/`, so a stopped run
-resumes where it left off. A survivor no test should kill (an equivalent mutant, say) is listed in
-`mutation_survivors.toml` with its reason.
+resumes where it left off; `save` writes the verdicts to `mutation_results.json` (committed), and a run in a
+checkout without `mutants/` starts from them: mutmut runs again only the mutants of functions whose source
+changed since (it keeps a hash of each function). A survivor no test should kill (an equivalent mutant, say)
+is listed in `mutation_survivors.toml` with its reason.
 
     .venv/bin/python bench/mutation.py run [--max-children 2] [MUTANT ...]   # both passes, then the report
     .venv/bin/python bench/mutation.py recheck [--workers 2]                 # survivors against all their tests
     .venv/bin/python bench/mutation.py report [--survivors]                  # score per module from mutants/
+    .venv/bin/python bench/mutation.py save                                  # verdicts to mutation_results.json
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ TEST_TIMEOUT_S = 30
 # Survivors run again against every unit test of their package (mutmut runs only the tests its call-tracing
 # associated with the mutated function, and that association misses some): name -> pytest's exit code.
 RECHECKED = MUTANTS / "rechecked.json"
+# The verdicts and function hashes of the last saved run, per module: a new checkout resumes from them.
+SAVED = Path(__file__).with_name("mutation_results.json")
 
 # mutmut's exit codes (mutmut/stats.py): a test run that fails is a kill.
 KILLED = {1: "killed", 3: "killed"}
@@ -122,8 +127,45 @@ def report(*, survivors: bool) -> None:
             print(f"{name}: {reasons.get(name.split(' ')[0], 'UNEXPLAINED')}")
 
 
+def save() -> None:
+    """Write every module's verdicts and function hashes, and the rechecks, to `mutation_results.json`."""
+    modules = {}
+    for meta in sorted(MUTANTS.rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        verdicts = {name: code for name, code in data["exit_code_by_key"].items() if code is not None}
+        modules[str(meta.relative_to(MUTANTS))] = {"hashes": data["hash_by_function_name"], "verdicts": verdicts}
+    rechecked = json.loads(RECHECKED.read_text()) if RECHECKED.exists() else {}
+    SAVED.write_text(json.dumps({"modules": modules, "rechecked": rechecked}, indent=0, sort_keys=True) + "\n")
+    print(f"saved {sum(len(m['verdicts']) for m in modules.values())} verdicts of {len(modules)} modules to {SAVED}")
+
+
+def restore() -> None:
+    """In a checkout without mutation results, start from the saved ones: mutmut keeps a verdict only while its
+    function's hash is unchanged, and runs the rest."""
+    if any(MUTANTS.rglob("*.py.meta")) or not SAVED.exists():
+        return
+    saved = json.loads(SAVED.read_text())
+    for path, module in saved["modules"].items():
+        meta = MUTANTS / path
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(
+            json.dumps(
+                {
+                    "exit_code_by_key": module["verdicts"],
+                    "hash_by_function_name": module["hashes"],
+                    "type_check_error_by_key": {},
+                    "durations_by_key": {},
+                    "estimated_durations_by_key": {},
+                }
+            )
+        )
+    RECHECKED.write_text(json.dumps(saved["rechecked"], indent=1))
+    print(f"resuming from {SAVED.name}: {len(saved['modules'])} modules")
+
+
 def run(max_children: int, mutants: list[str]) -> None:
     """Run mutmut from the repository root (resuming any earlier run): SQLite, then both databases for what lived."""
+    restore()
     mutmut(max_children, mutants, backends="sqlite")
     alive = [name.split(" ")[0] for module in read_scores() for name in module.survivors]
     alive = [name for name in alive if name not in explained()]
@@ -183,11 +225,14 @@ def main() -> None:
     recheck_parser.add_argument("--workers", type=int, default=2, help="survivors checked at once (default 2)")
     report_parser = commands.add_parser("report", help="the score per module from an earlier run")
     report_parser.add_argument("--survivors", action="store_true", help="list every surviving mutant")
+    commands.add_parser("save", help="write the verdicts to mutation_results.json")
     args = parser.parse_args()
     if args.command == "run":
         run(args.max_children, args.mutants)
     elif args.command == "recheck":
         recheck(args.workers)
+    elif args.command == "save":
+        save()
     else:
         report(survivors=args.survivors)
 
