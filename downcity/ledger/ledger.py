@@ -91,7 +91,6 @@ class Ledger:
         db: Database,
         *,
         max_batch: int = 512,
-        flush_interval_ms: float = 0.0,
         group_commit: bool = True,
         hold_expiry_s: int = DEFAULT_HOLD_EXPIRY_S,
         sweep_interval_s: float | None = None,
@@ -103,7 +102,6 @@ class Ledger:
             raise ValueError("lease_max_fraction must be in (0, 1]")
         self.db = db
         self.max_batch = max_batch if group_commit else 1
-        self.flush_interval_s = flush_interval_ms / 1000
         self.group_commit = group_commit
         self.hold_expiry_s = hold_expiry_s
         default_interval = min(_MAX_SWEEP_INTERVAL_S, max(_MIN_SWEEP_INTERVAL_S, hold_expiry_s / 2))
@@ -132,12 +130,14 @@ class Ledger:
         if self._closed:
             return
         self._closed = True
+        # The stop sentinel goes behind the queued ops before anything yields, so no op can queue after it.
+        if self._worker is not None:
+            self._queue.put_nowait(None)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if self._worker is not None:
-            self._queue.put_nowait(None)
             await self._worker
 
     def owns(self, user_id: str) -> bool:
@@ -288,7 +288,7 @@ class Ledger:
             if first is None:
                 return
             batch = [first]
-            stop = await self._fill(batch) if self.group_commit else False
+            stop = self._fill(batch) if self.group_commit else False
             started = time.perf_counter()
             await self._process(batch)
             elapsed = time.perf_counter() - started
@@ -298,21 +298,16 @@ class Ledger:
             if stop:
                 return
 
-    async def _fill(self, batch: list[Op]) -> bool:
-        """Take queued ops up to max_batch, waiting up to the flush interval; True when closing."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.flush_interval_s
+    def _fill(self, batch: list[Op]) -> bool:
+        """Add the ops queued behind the first, up to max_batch, without waiting for more; True when closing.
+
+        Ops that arrive while a batch commits queue up and form the next batch, so a batch grows with the load
+        and a lone op never waits for company."""
         while len(batch) < self.max_batch:
             try:
                 op = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return False
-                try:
-                    op = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    return False
+                return False
             if op is None:
                 return True
             batch.append(op)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, text
 
 from downcity.errors import DowncityHTTPError
 from downcity.ledger import Balance, Ledger, SettleResult, ShardedLedger, shard_of
+from downcity.metrics import NoMetrics
 from downcity.store import Database
 from downcity.store.database import now_ms
 from downcity.store.schema import holds, ledger_entries, usage_records
@@ -420,6 +421,51 @@ async def test_a_failing_op_does_not_fail_the_rest_of_its_batch(ledger: Ledger, 
     ] == [9_000, 7_000]
     assert await ledger.balance("mallory") == Balance(user_id="mallory", balance=10_000, held=0, available=10_000)
     assert (await ledger.reserve("call-m2", "mallory", 10_000)).balance.available == 0
+
+
+class BatchSizes(NoMetrics):
+    """Records how many ops each committed batch held."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def ledger_batch(self, *, shard: int, ops: int, queue_depth: int, commit_s: float) -> None:
+        self.sizes.append(ops)
+
+
+async def test_a_batch_takes_the_queued_ops_up_to_max_batch_and_no_more(db: Database) -> None:
+    recorded = BatchSizes()
+    ledger = Ledger(db, max_batch=3, metrics=recorded)
+    await ledger.start()
+    try:
+        # Ten ops queued at once (gather starts them all before the worker wakes): full batches, then the rest.
+        await asyncio.gather(*(ledger.credit(f"top-up-{i}", "alice", 100) for i in range(10)))
+        assert recorded.sizes == [3, 3, 3, 1]
+        # A lone op commits at once, in a batch of its own.
+        await ledger.credit("top-up-alone", "alice", 100)
+        assert recorded.sizes[-1] == 1
+        assert (await ledger.balance("alice")).balance == 1_100
+    finally:
+        await ledger.close()
+
+
+async def test_close_queued_behind_ops_commits_them_and_stops_the_worker(db: Database) -> None:
+    ledger = Ledger(db)
+    await ledger.start()
+    credits = [asyncio.ensure_future(ledger.credit(f"top-up-{i}", "alice", 100)) for i in range(3)]
+    # One turn of the loop: each credit runs up to its queued op's future, before the worker takes any.
+    await asyncio.sleep(0)
+    assert not any(credit.done() for credit in credits)
+    # The close sentinel is queued behind the three credits, so it is met while their batch fills.
+    async with asyncio.timeout(10):
+        await ledger.close()
+        await asyncio.gather(*credits)
+    reopened = Ledger(db)
+    await reopened.start()
+    try:
+        assert (await reopened.balance("alice")).balance == 300
+    finally:
+        await reopened.close()
 
 
 async def _entries_total(db: Database, user_id: str) -> int:
