@@ -117,10 +117,10 @@ class Ledger:
 
     async def start(self) -> None:
         """Start the batch worker and the hold sweeper."""
-        if self._worker is not None:
-            return
         if self._closed:
             raise RuntimeError("this Ledger was closed; create a new one")
+        if self._worker is not None:
+            return
         await self._load_leases()
         self._worker = asyncio.create_task(self._run(), name="ledger-worker")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="ledger-sweeper")

@@ -468,6 +468,32 @@ async def test_close_queued_behind_ops_commits_them_and_stops_the_worker(db: Dat
         await reopened.close()
 
 
+async def test_a_closed_ledger_refuses_ops_and_cannot_be_started_again(db: Database) -> None:
+    ledger = Ledger(db)
+    with pytest.raises(RuntimeError) as unstarted:
+        await ledger.credit("top-up-early", "alice", 100)
+    assert str(unstarted.value) == "Ledger is not running: call start() first"
+    await ledger.start()
+    await ledger.credit("top-up", "alice", 100)
+    await ledger.close()
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError) as refused:
+            await ledger.credit("top-up-late", "alice", 100)
+        assert str(refused.value) == "Ledger is not running: call start() first"
+        with pytest.raises(RuntimeError) as restarted:
+            await ledger.start()
+        assert str(restarted.value) == "this Ledger was closed; create a new one"
+        await ledger.close()
+
+
+async def test_a_reserve_of_nothing_is_a_hold_of_zero(ledger: Ledger) -> None:
+    await ledger.credit("top-up", "alice", 1_000)
+    held = await ledger.reserve("call-free", "alice", 0)
+    assert (held.status, held.balance) == ("held", Balance(user_id="alice", balance=1_000, held=0, available=1_000))
+    settled = await ledger.settle("call-free", "alice", 0)
+    assert settled.balance == Balance(user_id="alice", balance=1_000, held=0, available=1_000)
+
+
 async def _entries_total(db: Database, user_id: str) -> int:
     signs = {"credit": 1, "debit": -1, "charge": -1}
     return sum(signs[row.kind] * row.amount_microcredits for row in await _rows(db, ledger_entries, user_id=user_id))
