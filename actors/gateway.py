@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from downcity.errors import DowncityHTTPError
 from downcity.gateway.actions import ActionRequest, OpenAIOutcome, TextOutcome, VideoOutcome
-from downcity.gateway.relay import Endpoint, EndpointPicker, RelayClient
+from downcity.gateway.relay import Endpoint, EndpointPicker, RelayClient, pick_error
 from downcity.secrets import MasterKey
 from downcity.types import ImageJobResult
 
@@ -38,7 +38,7 @@ def unwrap(error: BaseException) -> BaseException:
         return DowncityHTTPError(
             error.status, error.type, error.message, error.field, headers=error.headers, detail=error.detail
         )
-    return DowncityHTTPError(502, "provider_unavailable", f"provider deployment failed: {type(error).__name__}")
+    return pick_error(error)
 
 
 def _handle_of(handles: dict[str, DeploymentHandle[Any]], provider_id: str) -> DeploymentHandle[Any]:
